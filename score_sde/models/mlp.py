@@ -1,0 +1,37 @@
+"""A small time-conditioned MLP score network for low-dimensional toy data."""
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from score_sde.models import layers
+from score_sde.models.utils import register_model
+
+
+@register_model(name='mlp')
+class MLP(nn.Module):
+  """x (batch, D) and the official time input → a (batch, D) output.
+
+  The time input is embedded as in NCSN++: Gaussian Fourier features of log σ
+  ('fourier', for VE) or the DDPM sinusoidal embedding ('positional').
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, time_cond, train=False):
+    m = self.config.model
+    act = layers.get_act(self.config)
+    if m.embedding_type == 'fourier':
+      temb = layers.GaussianFourierProjection(embedding_size=m.nf, scale=m.fourier_scale)(jnp.log(time_cond))
+    elif m.embedding_type == 'positional':
+      temb = layers.get_timestep_embedding(time_cond, m.nf)
+    else:
+      raise ValueError(f'Unknown embedding_type {m.embedding_type!r}; known: fourier, positional.')
+    temb = nn.Dense(m.nf * 2)(act(nn.Dense(m.nf * 2)(temb)))
+    h = nn.Dense(m.nf * 2)(x)
+    for _ in range(m.num_layers):
+      h = act(h + temb)
+      h = nn.Dense(m.nf * 2)(h)
+    h = nn.Dense(x.shape[-1])(act(h))
+    if m.scale_by_sigma:
+      h = h / time_cond.reshape((-1,) + (1,) * (x.ndim - 1))
+    return h

@@ -1,0 +1,232 @@
+"""Forward SDEs of Song et al. (2021): VE, VP and sub-VP, and their reverses.
+
+Every method works on a batch `x` of any shape `(batch, ...)` with `t` of shape
+`(batch,)`. Per-example scalars are broadcast over the trailing dimensions.
+"""
+import abc
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def batch_mul(a, x):
+  """Multiplies the per-example scalars `a` (batch,) into `x` (batch, ...)."""
+  a = jnp.asarray(a)
+  return a.reshape(a.shape + (1,) * (jnp.ndim(x) - a.ndim)) * x
+
+
+def _sum_except_batch(x):
+  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
+class SDE(abc.ABC):
+  """dx = f(x, t) dt + g(t) dw on t in [0, T], discretised into N steps."""
+
+  def __init__(self, N):
+    self.N = N
+
+  @property
+  @abc.abstractmethod
+  def T(self):
+    """End time of the SDE."""
+
+  @abc.abstractmethod
+  def sde(self, x, t):
+    """Returns the drift f(x, t) (shaped like x) and diffusion g(t) (batch,)."""
+
+  @abc.abstractmethod
+  def marginal_prob(self, x, t):
+    """Mean and std (batch,) of the perturbation kernel p_0t(x(t) | x(0) = x)."""
+
+  @abc.abstractmethod
+  def prior_sampling(self, rng, shape):
+    """Draws from the prior p_T."""
+
+  @abc.abstractmethod
+  def prior_logp(self, z):
+    """log p_T(z) per example, shape (batch,)."""
+
+  def discretize(self, x, t):
+    """Euler–Maruyama: x_{i+1} = x_i + f_i + G_i z_i with f_i = f dt, G_i = g sqrt(dt)."""
+    dt = 1. / self.N
+    drift, diffusion = self.sde(x, t)
+    return drift * dt, diffusion * jnp.sqrt(dt)
+
+  def timestep_index(self, t):
+    """Index of the discrete step that `t` falls in, as the official code rounds it."""
+    return (t * (self.N - 1) / self.T).astype(jnp.int32)
+
+  def reverse(self, score_fn, probability_flow=False):
+    """The reverse-time SDE (Eq. 6), or the probability-flow ODE (Eq. 13)."""
+    return ReverseSDE(self, score_fn, probability_flow)
+
+
+class ReverseSDE:
+  """dx = [f - g^2 score] dt + g dw̄, or the ODE dx = [f - ½ g^2 score] dt."""
+
+  def __init__(self, forward, score_fn, probability_flow):
+    self.forward = forward
+    self.score_fn = score_fn
+    self.probability_flow = probability_flow
+    self.N = forward.N
+    self.T = forward.T
+
+  def _reverse(self, f, g, x, t):
+    weight = 0.5 if self.probability_flow else 1.
+    f = f - batch_mul(g ** 2 * weight, self.score_fn(x, t))
+    g = jnp.zeros_like(g) if self.probability_flow else g
+    return f, g
+
+  def sde(self, x, t):
+    return self._reverse(*self.forward.sde(x, t), x, t)
+
+  def discretize(self, x, t):
+    return self._reverse(*self.forward.discretize(x, t), x, t)
+
+
+class _UnitPrior:
+  """Standard normal prior, shared by the VP and sub-VP SDEs."""
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape)
+
+  def prior_logp(self, z):
+    D = np.prod(z.shape[1:])
+    return -D / 2. * np.log(2 * np.pi) - _sum_except_batch(z ** 2) / 2.
+
+
+class VPSDE(_UnitPrior, SDE):
+  """Variance preserving: dx = -½ β(t) x dt + sqrt(β(t)) dw, β linear in t."""
+
+  def __init__(self, beta_min=0.1, beta_max=20., N=1000):
+    super().__init__(N)
+    self.beta_0 = beta_min
+    self.beta_1 = beta_max
+    # The discrete DDPM chain that this SDE is the limit of.
+    self.discrete_betas = jnp.linspace(beta_min / N, beta_max / N, N)
+    self.alphas = 1. - self.discrete_betas
+    self.alphas_cumprod = jnp.cumprod(self.alphas, axis=0)
+    self.sqrt_alphas_cumprod = jnp.sqrt(self.alphas_cumprod)
+    self.sqrt_1m_alphas_cumprod = jnp.sqrt(1. - self.alphas_cumprod)
+
+  @property
+  def T(self):
+    return 1.
+
+  def beta(self, t):
+    return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+  def log_mean_coeff(self, t):
+    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t)
+
+  def marginal_prob(self, x, t):
+    log_mean_coeff = self.log_mean_coeff(t)
+    mean = batch_mul(jnp.exp(log_mean_coeff), x)
+    std = jnp.sqrt(1. - jnp.exp(2. * log_mean_coeff))
+    return mean, std
+
+  def discretize(self, x, t):
+    """DDPM rule: x_i = sqrt(1 - β_i) x_{i-1} + sqrt(β_i) z."""
+    i = self.timestep_index(t)
+    beta = self.discrete_betas[i]
+    alpha = self.alphas[i]
+    f = batch_mul(jnp.sqrt(alpha), x) - x
+    return f, jnp.sqrt(beta)
+
+
+class subVPSDE(_UnitPrior, SDE):
+  """Sub-VP: the VP drift with diffusion β(t)(1 - exp(-2∫β)), Eq. 29."""
+
+  def __init__(self, beta_min=0.1, beta_max=20., N=1000):
+    super().__init__(N)
+    self.beta_0 = beta_min
+    self.beta_1 = beta_max
+    # Not used by the SDE itself; Langevin correctors scale their step by alpha_i,
+    # and sub-VP shares the VP discrete schedule (the official code lacks these).
+    self.discrete_betas = jnp.linspace(beta_min / N, beta_max / N, N)
+    self.alphas = 1. - self.discrete_betas
+
+  @property
+  def T(self):
+    return 1.
+
+  def beta(self, t):
+    return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+  def log_mean_coeff(self, t):
+    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    discount = 1. - jnp.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
+    return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t * discount)
+
+  def marginal_prob(self, x, t):
+    log_mean_coeff = self.log_mean_coeff(t)
+    mean = batch_mul(jnp.exp(log_mean_coeff), x)
+    std = 1. - jnp.exp(2. * log_mean_coeff)
+    return mean, std
+
+
+class VESDE(SDE):
+  """Variance exploding: dx = sqrt(d σ²(t)/dt) dw with σ(t) = σ_min (σ_max/σ_min)^t."""
+
+  def __init__(self, sigma_min=0.01, sigma_max=50., N=1000):
+    super().__init__(N)
+    self.sigma_min = sigma_min
+    self.sigma_max = sigma_max
+    # The ascending SMLD noise levels that this SDE is the limit of.
+    self.discrete_sigmas = jnp.exp(jnp.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+  @property
+  def T(self):
+    return 1.
+
+  def sigma(self, t):
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def sde(self, x, t):
+    diffusion = self.sigma(t) * jnp.sqrt(2 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
+    return jnp.zeros_like(x), diffusion
+
+  def marginal_prob(self, x, t):
+    return x, self.sigma(t)
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.sigma_max
+
+  def prior_logp(self, z):
+    D = np.prod(z.shape[1:])
+    return (-D / 2. * np.log(2 * np.pi * self.sigma_max ** 2)
+            - _sum_except_batch(z ** 2) / (2 * self.sigma_max ** 2))
+
+  def adjacent_sigmas(self, t):
+    """σ_i and σ_{i-1} (0 below the first level) of the step that t falls in."""
+    i = self.timestep_index(t)
+    sigma = self.discrete_sigmas[i]
+    previous = jnp.where(i == 0, 0., self.discrete_sigmas[jnp.maximum(i - 1, 0)])
+    return sigma, previous
+
+  def discretize(self, x, t):
+    """SMLD rule: x_i = x_{i-1} + sqrt(σ_i² - σ_{i-1}²) z."""
+    sigma, previous = self.adjacent_sigmas(t)
+    return jnp.zeros_like(x), jnp.sqrt(sigma ** 2 - previous ** 2)
+
+
+SDES = {'vesde': VESDE, 'vpsde': VPSDE, 'subvpsde': subVPSDE}
+
+
+def get_sde(config):
+  """Builds the SDE named by `config.training.sde` with `config.model` parameters."""
+  name = config.training.sde.lower()
+  if name not in SDES:
+    raise ValueError(f'Unknown SDE {config.training.sde!r}; known: {sorted(SDES)}.')
+  m = config.model
+  if name == 'vesde':
+    return VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+  return SDES[name](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)

@@ -1,0 +1,100 @@
+"""SDE quantities against the official code's numbers (sde_steps.npz) and the paper's closed forms."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import assert_rel_close, load_reference
+from score_sde import sde_lib
+
+SDES = {
+    'vesde': lambda: sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000),
+    'vpsde': lambda: sde_lib.VPSDE(beta_min=0.1, beta_max=20., N=1000),
+    'subvpsde': lambda: sde_lib.subVPSDE(beta_min=0.1, beta_max=20., N=1000),
+}
+
+
+@pytest.fixture(scope='module')
+def ref():
+  return load_reference('sde_steps')
+
+
+def time_cases(ref, name):
+  """(t vector, key prefix, index into stacked arrays) for each fixed t and the mixed batch."""
+  for i, t in enumerate(ref['t_values']):
+    yield jnp.full((3,), t, jnp.float32), f'{name}/', i
+  yield jnp.asarray(ref['t_mixed']), f'{name}/mixed/', None
+
+
+def stored(ref, key, i):
+  return ref[key] if i is None else ref[key][i]
+
+
+def analytic_score(sde, ref_prefix, ref, i):
+  m, s2 = stored(ref, ref_prefix + 'gauss_m', i), stored(ref, ref_prefix + 'gauss_s2', i)
+  return lambda x, t: -(x - m[:, None, None, None]) / s2[:, None, None, None]
+
+
+@pytest.mark.parametrize('name', list(SDES))
+def test_sde_quantities_match_official(ref, name):
+  sde = SDES[name]()
+  x = jnp.asarray(ref['x'])
+  for t, prefix, i in time_cases(ref, name):
+    mean, std = sde.marginal_prob(x, t)
+    drift, diffusion = sde.sde(x, t)
+    f, G = sde.discretize(x, t)
+    score_fn = analytic_score(sde, prefix, ref, i)
+    assert_rel_close(score_fn(x, t), stored(ref, prefix + 'score', i), 1e-5, 'score')
+    got = {'marginal_mean': mean, 'marginal_std': std, 'sde_drift': drift, 'sde_diffusion': diffusion,
+           'discretize_f': f, 'discretize_G': G}
+    for probability_flow, tag in ((False, 'reverse_sde'), (True, 'reverse_pf')):
+      rsde = sde.reverse(score_fn, probability_flow)
+      got[f'{tag}_drift'], got[f'{tag}_diffusion'] = rsde.sde(x, t)
+      got[f'{tag}_discretize_f'], got[f'{tag}_discretize_G'] = rsde.discretize(x, t)
+    for key, value in got.items():
+      # f - ½G²s nearly cancels for the probability flow near the data: measure the error
+      # on the scale of the terms that cancel, as float32 rounding of f alone sets it.
+      expected = stored(ref, prefix + key, i)
+      scale = max(np.abs(f).max(), np.abs(expected).max()) if key == 'reverse_pf_discretize_f' else None
+      assert_rel_close(value, expected, 1e-4, f'{prefix}{key} t={t}', scale)
+
+
+@pytest.mark.parametrize('name', list(SDES))
+def test_prior_logp_matches_official(ref, name):
+  sde = SDES[name]()
+  assert_rel_close(sde.prior_logp(jnp.asarray(ref['z_prior'])), ref[f'{name}/prior_logp'], 1e-5, 'prior_logp')
+
+
+def test_prior_logp_is_the_gaussian_density_of_the_prior_samples():
+  from scipy import stats
+  import jax
+  for sde, scale in ((SDES['vesde'](), 50.), (SDES['vpsde'](), 1.)):
+    z = sde.prior_sampling(jax.random.PRNGKey(0), (4000, 3))
+    assert abs(float(jnp.std(z)) / scale - 1) < 0.03
+    expected = stats.norm(0, scale).logpdf(np.asarray(z)).sum(-1)
+    np.testing.assert_allclose(sde.prior_logp(z), expected, rtol=1e-5)
+
+
+def test_marginals_solve_the_forward_sde():
+  """Mean and variance ODEs of a linear SDE: dm/dt = -½β m, dv/dt = -β v + g² (checked by finite differences)."""
+  t, h = jnp.linspace(0.05, 0.95, 7), 1e-3
+  for sde in (SDES['vpsde'](), SDES['subvpsde']()):
+    def mean_var(t):
+      mean, std = sde.marginal_prob(jnp.ones((t.shape[0], 1)), t)
+      return mean[:, 0], std ** 2
+    (m1, v1), (m0, v0) = mean_var(t + h), mean_var(t - h)
+    m, v = mean_var(t)
+    _, g = sde.sde(jnp.ones((t.shape[0], 1)), t)
+    beta = sde.beta(t)
+    np.testing.assert_allclose((m1 - m0) / (2 * h), -0.5 * beta * m, rtol=2e-3)
+    np.testing.assert_allclose((v1 - v0) / (2 * h), -beta * v + g ** 2, rtol=2e-2, atol=1e-3)
+  ve = SDES['vesde']()
+  _, g = ve.sde(jnp.ones((7, 1)), t)
+  dvar = (ve.sigma(t + h) ** 2 - ve.sigma(t - h) ** 2) / (2 * h)
+  np.testing.assert_allclose(dvar, g ** 2, rtol=1e-3)
+
+
+def test_get_sde_rejects_unknown_names():
+  import ml_collections
+  config = ml_collections.ConfigDict({'training': {'sde': 'cosine'}, 'model': {}})
+  with pytest.raises(ValueError, match="Unknown SDE 'cosine'.*vesde"):
+    sde_lib.get_sde(config)
