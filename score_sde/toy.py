@@ -85,3 +85,44 @@ def get_toy_distribution(name):
   if name not in TOY_DISTRIBUTIONS:
     raise ValueError(f'Unknown toy distribution {name!r}; known: {sorted(TOY_DISTRIBUTIONS)}.')
   return TOY_DISTRIBUTIONS[name]
+
+
+def mixture_report(samples, mixture, rng, n_reference=None):
+  """How well `samples` reproduce `mixture`: per-component weight, mean and std, and per-dim KS.
+
+  Each sample goes to its most probable component. Means are reported in units of
+  that component's std; stds as ratios. KS is the two-sample statistic against
+  fresh draws of the mixture (as many as there are samples).
+  """
+  from scipy import stats
+  samples = np.asarray(samples, np.float64)
+  reference = np.asarray(mixture.sample(rng, n_reference or len(samples)), np.float64)
+  assignment = mixture.assign(jnp.asarray(samples, jnp.float32))
+  means, stds = np.asarray(mixture.means), np.asarray(mixture.stds)
+  report = {'weight_error': [], 'mean_error_in_stds': [], 'std_ratio': [],
+            'ks': [stats.ks_2samp(samples[:, d], reference[:, d]).statistic for d in range(samples.shape[1])],
+            'finite': bool(np.all(np.isfinite(samples)))}
+  for k, weight in enumerate(mixture.weights):
+    members = samples[assignment == k]
+    report['weight_error'].append(abs(len(members) / len(samples) - weight))
+    if len(members) < 2:
+      report['mean_error_in_stds'].append(np.inf)
+      report['std_ratio'].append(0.)
+      continue
+    report['mean_error_in_stds'].append(np.abs(members.mean(0) - means[k]).max() / stds[k])
+    report['std_ratio'].append((members.std(0) / stds[k]).tolist())
+  return report
+
+
+def mixture_failures(report, weight_tol=0.03, mean_tol=0.15, std_tol=0.12, ks_tol=0.05):
+  """The bounds a mixture_report breaks, as readable strings (empty when it passes)."""
+  failures = [] if report['finite'] else ['non-finite samples']
+  for k, (w, m, s) in enumerate(zip(report['weight_error'], report['mean_error_in_stds'], report['std_ratio'])):
+    if w > weight_tol:
+      failures.append(f'component {k}: weight off by {w:.3f} > {weight_tol}')
+    if m > mean_tol:
+      failures.append(f'component {k}: mean off by {m:.3f} stds > {mean_tol}')
+    if np.any(np.abs(np.asarray(s) - 1) > std_tol):
+      failures.append(f'component {k}: std ratio {s} beyond 1 ± {std_tol}')
+  failures += [f'dim {d}: KS {ks:.3f} > {ks_tol}' for d, ks in enumerate(report['ks']) if ks > ks_tol]
+  return failures

@@ -44,3 +44,50 @@ def get_act(config):
   if name not in NONLINEARITIES:
     raise ValueError(f'Unknown nonlinearity {config.model.nonlinearity!r}; known: {sorted(NONLINEARITIES)}.')
   return NONLINEARITIES[name]
+
+
+# ---------------------------------------------------------------------------
+# Shared by the DDPM / NCSN++ / NCSNv2 families (added for the score networks).
+# ---------------------------------------------------------------------------
+
+def default_init(scale=1.):
+  """DDPM initialisation: variance_scaling(scale, 'fan_avg', 'uniform'); scale 0 becomes 1e-10."""
+  return jax.nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, 'fan_avg', 'uniform')
+
+
+def ddpm_conv3x3(x, out_ch, stride=1, bias=True, dilation=1, init_scale=1.):
+  """3x3 'SAME' convolution with DDPM initialisation (an `nn.Conv` named Conv_k in the caller)."""
+  return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding='SAME', use_bias=bias,
+                 kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
+                 bias_init=jax.nn.initializers.zeros)(x)
+
+
+def ddpm_conv1x1(x, out_ch, stride=1, bias=True, init_scale=1.):
+  """1x1 convolution with DDPM initialisation."""
+  return nn.Conv(out_ch, (1, 1), strides=(stride, stride), padding='SAME', use_bias=bias,
+                 kernel_init=default_init(init_scale), bias_init=jax.nn.initializers.zeros)(x)
+
+
+class NIN(nn.Module):
+  """Per-pixel linear map over channels ("network in network"): W is (in, out), b is (out,)."""
+  num_units: int
+  init_scale: float = 0.1
+
+  @nn.compact
+  def __call__(self, x):
+    W = self.param('W', default_init(self.init_scale), (x.shape[-1], self.num_units))
+    b = self.param('b', jax.nn.initializers.zeros, (self.num_units,))
+    return jnp.tensordot(x, W, axes=1) + b
+
+
+def get_sigmas(config):
+  """The descending SMLD noise table exp(linspace(log σ_max, log σ_min, num_scales)) (float64 numpy)."""
+  import numpy as np
+  m = config.model
+  return np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), m.num_scales))
+
+
+def group_norm(x, num_groups=None, name=None):
+  """GroupNorm with ε = 1e-6 (flax and the official models); min(C/4, 32) groups by default."""
+  groups = num_groups or min(x.shape[-1] // 4, 32)
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, use_fast_variance=False, name=name)(x)

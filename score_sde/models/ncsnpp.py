@@ -1,0 +1,140 @@
+"""NCSN++ and DDPM++ (one U-Net; the config picks the variant), Song et al. 2021.
+
+Submodules are created in the order of the official `all_modules` list, so a PyTorch
+state_dict maps onto the parameter tree by position (see convert.py).
+"""
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from score_sde.models import layers, layerspp
+from score_sde.models.layers import ddpm_conv3x3, default_init, group_norm
+from score_sde.models.utils import register_model
+
+_CHOICES = {
+    'progressive': ('none', 'output_skip', 'residual'),
+    'progressive_input': ('none', 'input_skip', 'residual'),
+    'embedding_type': ('fourier', 'positional'),
+    'resblock_type': ('ddpm', 'biggan'),
+    'progressive_combine': ('sum', 'cat'),
+}
+
+
+def _option(m, name):
+  value = getattr(m, name).lower()
+  if value not in _CHOICES[name]:
+    raise ValueError(f'Unknown model.{name} {value!r}; known: {_CHOICES[name]}.')
+  return value
+
+
+@register_model(name='ncsnpp')
+class NCSNpp(nn.Module):
+  """x (B, H, W, C) and the time input -> output of the same shape."""
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, time_cond, train=False):
+    m = self.config.model
+    act = layers.get_act(self.config)
+    nf, ch_mult, num_res = m.nf, tuple(m.ch_mult), m.num_res_blocks
+    num_levels = len(ch_mult)
+    progressive, progressive_input = _option(m, 'progressive'), _option(m, 'progressive_input')
+    embedding_type, resblock_type = _option(m, 'embedding_type'), _option(m, 'resblock_type')
+    combine = _option(m, 'progressive_combine')
+    fir, fir_kernel, skip_rescale, init_scale = m.fir, tuple(m.fir_kernel), m.skip_rescale, m.init_scale
+    out_channels = x.shape[-1]
+
+    # Time / noise-level embedding.
+    if embedding_type == 'fourier':
+      used_sigmas = time_cond  # VE: the model receives σ(t) and embeds log σ
+      temb = layers.GaussianFourierProjection(embedding_size=nf, scale=m.fourier_scale)(jnp.log(used_sigmas))
+    else:
+      used_sigmas = jnp.asarray(layers.get_sigmas(self.config), jnp.float32)[time_cond.astype(jnp.int32)]
+      temb = layers.get_timestep_embedding(time_cond, nf)
+    if m.conditional:
+      temb = nn.Dense(nf * 4, kernel_init=default_init())(temb)
+      temb = nn.Dense(nf * 4, kernel_init=default_init())(act(temb))
+    else:
+      temb = None
+
+    block_kw = dict(act=act, dropout=m.dropout, init_scale=init_scale, skip_rescale=skip_rescale)
+    if resblock_type == 'ddpm':
+      ResnetBlock = functools.partial(layerspp.ResnetBlockDDPMpp, **block_kw)
+    else:
+      ResnetBlock = functools.partial(layerspp.ResnetBlockBigGANpp, fir=fir, fir_kernel=fir_kernel, **block_kw)
+    AttnBlock = functools.partial(layerspp.AttnBlockpp, init_scale=init_scale, skip_rescale=skip_rescale)
+    resample_kw = dict(fir=fir, fir_kernel=fir_kernel)
+
+    def block(h, **kw):
+      return ResnetBlock(**kw)(h, temb, train)
+
+    def skip_sum(a, b):
+      return (a + b) / np.sqrt(2.) if skip_rescale else a + b
+
+    if not self.config.data.centered:
+      x = 2 * x - 1.  # data in [0, 1] -> [-1, 1]
+
+    # Downsampling path.
+    input_pyramid = x if progressive_input != 'none' else None
+    hs = [ddpm_conv3x3(x, nf)]
+    for level in range(num_levels):
+      for _ in range(num_res):
+        h = block(hs[-1], out_ch=nf * ch_mult[level])
+        if h.shape[1] in m.attn_resolutions:
+          h = AttnBlock()(h)
+        hs.append(h)
+      if level != num_levels - 1:
+        if resblock_type == 'ddpm':
+          h = layerspp.Downsample(with_conv=m.resamp_with_conv, **resample_kw)(hs[-1])
+        else:
+          h = block(hs[-1], down=True)
+        if progressive_input == 'input_skip':
+          input_pyramid = layerspp.Downsample(with_conv=False, **resample_kw)(input_pyramid)
+          h = layerspp.Combine(method=combine)(input_pyramid, h)
+        elif progressive_input == 'residual':
+          input_pyramid = layerspp.Downsample(out_ch=h.shape[-1], with_conv=True, **resample_kw)(input_pyramid)
+          h = input_pyramid = skip_sum(input_pyramid, h)
+        hs.append(h)
+
+    h = block(hs[-1])
+    h = AttnBlock()(h)
+    h = block(h)
+
+    # Upsampling path.
+    pyramid = None
+    for level in reversed(range(num_levels)):
+      for _ in range(num_res + 1):
+        h = block(jnp.concatenate([h, hs.pop()], axis=-1), out_ch=nf * ch_mult[level])
+      if h.shape[1] in m.attn_resolutions:
+        h = AttnBlock()(h)
+
+      if progressive != 'none':
+        if level == num_levels - 1:
+          width = out_channels if progressive == 'output_skip' else h.shape[-1]
+          scale = init_scale if progressive == 'output_skip' else 1.
+          pyramid = ddpm_conv3x3(act(group_norm(h)), width, init_scale=scale)
+        elif progressive == 'output_skip':
+          pyramid = layerspp.Upsample(with_conv=False, **resample_kw)(pyramid)
+          pyramid = pyramid + ddpm_conv3x3(act(group_norm(h)), out_channels, init_scale=init_scale)
+        else:  # residual
+          pyramid = layerspp.Upsample(out_ch=h.shape[-1], with_conv=True, **resample_kw)(pyramid)
+          h = pyramid = skip_sum(pyramid, h)
+
+      if level != 0:
+        if resblock_type == 'ddpm':
+          h = layerspp.Upsample(with_conv=m.resamp_with_conv, **resample_kw)(h)
+        else:
+          h = block(h, up=True)
+    assert not hs
+
+    if progressive == 'output_skip':
+      h = pyramid
+    else:
+      h = ddpm_conv3x3(act(group_norm(h)), out_channels, init_scale=init_scale)
+
+    if m.scale_by_sigma:
+      h = h / used_sigmas.reshape((-1,) + (1,) * (h.ndim - 1))
+    return h
