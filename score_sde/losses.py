@@ -145,7 +145,7 @@ def get_step_fn(sde, model, train, optimizer=None, reduce_mean=False, continuous
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params_ema = optax.incremental_update(params, state.params_ema, 1. - ema_rate)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, params_ema=params_ema,
                          opt_state=opt_state, rng=rng), metrics
 
