@@ -35,22 +35,23 @@ def exact_divergence(fn, x):
 HUTCHINSON_TYPES = ('rademacher', 'gaussian', 'exact')
 
 
-def bits_per_dim_offset(inverse_scaler):
-  """8 + log2(slope): the density of 8-bit data in [0, 256) from data scaled by inverse_scaler⁻¹."""
+def bits_per_dim_offset(inverse_scaler, num_levels=256):
+  """log2(levels) + log2(slope): bits of data with `num_levels` values (8 for 8-bit) from the scaled density."""
   slope = float(inverse_scaler(1.) - inverse_scaler(0.))
-  return 8. + np.log2(slope)
+  return np.log2(num_levels) + np.log2(slope)
 
 
 def get_likelihood_fn(sde, inverse_scaler=None, hutchinson_type='rademacher',
-                      rtol=1e-5, atol=1e-5, eps=1e-5):
+                      rtol=1e-5, atol=1e-5, eps=1e-5, num_levels=256):
   """Returns likelihood_fn(rng, score_fn, x, probe=None) -> (bpd, z, nfe).
 
   bpd = -(log p_T(z) + Δlog p) / (D ln 2), plus the official 8-bit offset when an
-  inverse_scaler is given. `probe` overrides the random Hutchinson probe.
+  inverse_scaler is given (log2(num_levels) for data of other depths).
+  `probe` overrides the random Hutchinson probe.
   """
   if hutchinson_type not in HUTCHINSON_TYPES:
     raise ValueError(f'Unknown hutchinson_type {hutchinson_type!r}; known: {list(HUTCHINSON_TYPES)}.')
-  offset = 0. if inverse_scaler is None else bits_per_dim_offset(inverse_scaler)
+  offset = 0. if inverse_scaler is None else bits_per_dim_offset(inverse_scaler, num_levels)
 
   @eqx.filter_jit
   def likelihood_fn(rng, score_fn, x, probe=None):

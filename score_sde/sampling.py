@@ -149,7 +149,8 @@ def no_corrector(sde, score_fn, rng, x, t, snr, n_steps):
 
 # ---------------------------------------------------------------- samplers
 
-def _check_pair(sde, predictor, corrector, probability_flow):
+def check_predictor(sde, predictor, probability_flow):
+  """Refuses predictor settings that have no meaning for `sde`."""
   if predictor == 'ancestral_sampling' and not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
     raise ValueError(f'ancestral_sampling is defined for VESDE and VPSDE only, not {type(sde).__name__}.')
   if predictor == 'ancestral_sampling' and probability_flow:
@@ -166,7 +167,7 @@ def get_pc_sampler(sde, shape, predictor='reverse_diffusion', corrector='langevi
   """
   predictor_fn, predictor_nfe = get_predictor(predictor)
   corrector_fn, corrector_nfe = get_corrector(corrector)
-  _check_pair(sde, predictor, corrector, probability_flow)
+  check_predictor(sde, predictor, probability_flow)
   inverse_scaler = inverse_scaler or (lambda x: x)
   nfe = sde.N * (predictor_nfe + corrector_nfe * n_steps)
 

@@ -16,6 +16,13 @@ class MLP(nn.Module):
   """
   config: ml_collections.ConfigDict
 
+  @staticmethod
+  def check_config(config):
+    from score_sde import toy
+    if config.data.dataset not in toy.TOY_DISTRIBUTIONS:
+      raise ValueError(f'Model mlp takes vector data (a toy dataset: {sorted(toy.TOY_DISTRIBUTIONS)}), not '
+                       f'{config.data.dataset!r} images; pick an image model such as ncsnpp.')
+
   @nn.compact
   def __call__(self, x, time_cond, train=False):
     m = self.config.model
@@ -31,7 +38,7 @@ class MLP(nn.Module):
     for _ in range(m.num_layers):
       h = act(h + temb)
       h = nn.Dense(m.nf * 2)(h)
-    h = nn.Dense(x.shape[-1])(act(h))
+    h = nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(act(h))  # like init_scale=0
     if m.scale_by_sigma:
       h = h / time_cond.reshape((-1,) + (1,) * (x.ndim - 1))
     return h

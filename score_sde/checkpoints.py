@@ -1,0 +1,84 @@
+"""Orbax checkpoints of a run: pre-emption snapshots (keep 1) and permanent ones.
+
+<workdir>/checkpoints-meta/<step>   the latest pre-emption snapshot
+<workdir>/checkpoints/<step>        every training.snapshot_freq steps
+<workdir>/config.json               the run's config, so `restore(workdir)` needs nothing else
+"""
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+PREEMPTION_DIR = 'checkpoints-meta'
+PERMANENT_DIR = 'checkpoints'
+CONFIG_FILE = 'config.json'
+
+
+def _manager(workdir, subdir, max_to_keep):
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, subdir)),
+                               options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+
+class RunCheckpoints:
+  """Saves a train state to both kinds of checkpoint and restores the latest good one."""
+
+  def __init__(self, workdir):
+    self.workdir = workdir
+    self.preemption = _manager(workdir, PREEMPTION_DIR, 1)
+    self.permanent = _manager(workdir, PERMANENT_DIR, None)
+
+  def save(self, state, permanent=False):
+    step = int(jax.device_get(state.step))
+    managers = [self.preemption] + ([self.permanent] if permanent else [])
+    for manager in managers:
+      if step not in manager.all_steps():
+        manager.save(step, args=ocp.args.StandardSave(state))
+    for manager in managers:
+      manager.wait_until_finished()
+
+  def candidates(self):
+    """(step, manager) of every saved step, newest first."""
+    found = [(step, m) for m in (self.preemption, self.permanent) for step in m.all_steps()]
+    return sorted(found, key=lambda item: -item[0])
+
+  def restore(self, target):
+    """The newest checkpoint that restores; a corrupt or partial one is skipped with a warning."""
+    for step, manager in self.candidates():
+      try:
+        return manager.restore(step, args=ocp.args.StandardRestore(target))
+      except Exception as error:  # orbax raises many kinds on a damaged checkpoint
+        logging.warning('Skipping checkpoint %d in %s, which does not restore: %s',
+                        step, manager.directory, str(error).splitlines()[0][:200])
+    return None
+
+  def close(self):
+    self.preemption.close()
+    self.permanent.close()
+
+
+def save_config(workdir, config):
+  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir):
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore(workdir, target=None):
+  """The latest good train state of a run (step, params, params_ema, opt_state, rng), or None.
+
+  Without `target`, the state's structure is rebuilt from the run's saved config.
+  """
+  if target is None:
+    from score_sde import train  # the runner knows how a state is built
+    target = train.abstract_train_state(load_config(workdir))
+  checkpoints = RunCheckpoints(workdir)
+  try:
+    return checkpoints.restore(target)
+  finally:
+    checkpoints.close()

@@ -1,0 +1,90 @@
+"""What each --mode of run.py does, on top of train.py and checkpoints.py."""
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from score_sde import checkpoints, datasets, likelihood, models, sde_lib, train
+
+
+class RunFailed(RuntimeError):
+  """A run that started but could not finish."""
+
+
+def has_checkpoint(workdir):
+  return any(os.path.isdir(os.path.join(workdir, d)) and os.listdir(os.path.join(workdir, d))
+             for d in (checkpoints.PREEMPTION_DIR, checkpoints.PERMANENT_DIR))
+
+
+def _restore(config, workdir):
+  state = checkpoints.restore(workdir, train.abstract_train_state(config))
+  if state is None:
+    raise RunFailed(f'no checkpoint in {workdir} restores; train again.')
+  return state
+
+
+def sample(config, workdir):
+  """eval.num_samples samples from the EMA parameters, in rounds of eval.batch_size."""
+  state = _restore(config, workdir)
+  sde, model = sde_lib.get_sde(config), models.get_model(config)
+  batch = min(config.eval.batch_size, config.eval.num_samples)
+  sampler, score_of = train.get_sampler_and_score(config, sde, model, batch)
+  score_fn = score_of(state.params_ema)
+  rounds, total_nfe = [], 0
+  for r in range(-(-config.eval.num_samples // batch)):
+    samples, nfe = sampler(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), r), score_fn)
+    rounds.append(np.asarray(samples))
+    total_nfe += int(nfe)
+  samples = np.concatenate(rounds)[:config.eval.num_samples]
+  path = train.save_samples(config, os.path.join(workdir, 'samples'), f'samples_step_{int(state.step)}', samples)
+  logging.info('Wrote %d samples (%d score evaluations per round) to %s', len(samples), total_nfe // len(rounds),
+               path)
+  return samples
+
+
+def bits_per_dim(config, workdir, split_batches=None):
+  """bpd of the held-out split under the EMA parameters, mean ± standard error, to likelihood.json."""
+  state = _restore(config, workdir)
+  sde, model = sde_lib.get_sde(config), models.get_model(config)
+  dataset = datasets.get_dataset(config)
+  scaler = datasets.get_data_scaler(config)
+  levels = 17 if config.data.dataset == 'digits' else 256
+  inverse_scaler = datasets.get_data_inverse_scaler(config) if dataset.is_image else None
+  likelihood_fn = likelihood.get_likelihood_fn(sde, inverse_scaler, num_levels=levels)
+  score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
+  rng = jax.random.PRNGKey(config.seed + 2)
+  values = []
+  for i, batch in enumerate(dataset.eval_batches()):
+    images = batch['image']
+    if dataset.is_image and config.data.uniform_dequantization:
+      noise = np.random.default_rng([config.seed, i]).random(images.shape, dtype=np.float32)
+      images = (images * (levels - 1) + noise) / levels
+    bpd, _, _ = likelihood_fn(jax.random.fold_in(rng, i), score_fn, scaler(images))
+    values.append(np.asarray(bpd))
+    if split_batches is not None and i + 1 >= split_batches:
+      break
+  values = np.concatenate(values)
+  result = {'step': int(state.step), 'bpd_mean': float(values.mean()),
+            'bpd_stderr': float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float('nan'),
+            'num_examples': int(len(values)), 'dataset': config.data.dataset}
+  with open(os.path.join(workdir, 'likelihood.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  logging.info('bpd %.4f ± %.4f over %d examples', result['bpd_mean'], result['bpd_stderr'], len(values))
+  return result
+
+
+def run(config, workdir, mode):
+  if mode == 'train':
+    try:
+      train.train(config, workdir)
+    except train.TrainingDiverged as error:
+      raise RunFailed(str(error)) from None
+  elif mode == 'sample':
+    sample(config, workdir)
+  elif mode == 'likelihood':
+    bits_per_dim(config, workdir)
+  elif mode == 'eval':
+    bits_per_dim(config, workdir)
+    sample(config, workdir)

@@ -1,0 +1,187 @@
+"""The training loop: data-parallel over all devices, resumable at any step, bit for bit."""
+import json
+import os
+import sys
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from score_sde import checkpoints, datasets, losses, models, sampling, sde_lib, toy
+from score_sde import images as image_utils
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+def data_shape(config):
+  if config.data.dataset in toy.TOY_DISTRIBUTIONS:
+    return (toy.get_toy_distribution(config.data.dataset).dim,)
+  return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
+def create_train_state(config, rng):
+  model = models.get_model(config)
+  init_rng, state_rng = jax.random.split(rng)
+  shape = data_shape(config)
+  variables = model.init({'params': init_rng, 'dropout': init_rng}, jnp.zeros((1,) + shape), jnp.ones((1,)),
+                         train=False)
+  return losses.init_train_state(state_rng, variables['params'], losses.get_optimizer(config))
+
+
+def abstract_train_state(config):
+  return jax.eval_shape(lambda: create_train_state(config, jax.random.PRNGKey(config.seed)))
+
+
+def data_mesh():
+  return Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def learning_rate(config, step):
+  warmup = config.optim.warmup
+  return config.optim.lr * (min(step / warmup, 1.) if warmup > 0 else 1.)
+
+
+class MetricsLog:
+  """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars."""
+
+  def __init__(self, workdir, resume_step):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(self.path):  # drop what a killed run logged after its last checkpoint
+      with open(self.path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= resume_step]
+      with open(self.path, 'w') as f:
+        f.writelines(kept)
+    from clu import metric_writers
+    self.writer = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'), asynchronous=False)
+
+  def write(self, step, scalars):
+    scalars = {k: float(v) for k, v in scalars.items()}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    self.writer.write_scalars(int(step), scalars)
+
+  def close(self):
+    self.writer.close()
+
+
+def get_sampler_and_score(config, sde, model, num_samples):
+  shape = (num_samples,) + data_shape(config)
+  sampler = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config))
+
+  def score_fn(params):
+    return models.get_score_fn(sde, model, {'params': params}, train=False, continuous=config.training.continuous)
+  return sampler, score_fn
+
+
+def save_samples(config, workdir, name, samples):
+  os.makedirs(workdir, exist_ok=True)
+  samples = np.asarray(samples)
+  np.savez_compressed(os.path.join(workdir, f'{name}.npz'), samples=samples)
+  path = os.path.join(workdir, f'{name}.png')
+  if len(data_shape(config)) == 3:
+    image_utils.save_image_grid(np.clip(samples, 0., 1.), path)
+  else:
+    image_utils.save_scatter(samples, path)
+  return path
+
+
+def train(config, workdir):
+  """Trains from the latest good checkpoint in `workdir` (or from scratch) to training.n_iters."""
+  tc = config.training
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints.save_config(workdir, config)
+  dataset = datasets.get_dataset(config)
+  scaler = datasets.get_data_scaler(config)
+  sde = sde_lib.get_sde(config)
+  model = models.get_model(config)
+  optimizer = losses.get_optimizer(config)
+  common = dict(sde=sde, model=model, reduce_mean=tc.reduce_mean, continuous=tc.continuous,
+                likelihood_weighting=tc.likelihood_weighting)
+  train_step = losses.get_step_fn(train=True, optimizer=optimizer, ema_rate=config.model.ema_rate, **common)
+  eval_step = losses.get_step_fn(train=False, **common)
+
+  mesh = data_mesh()
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(None, 'data'))
+
+  run_checkpoints = checkpoints.RunCheckpoints(workdir)
+  state = create_train_state(config, jax.random.PRNGKey(config.seed))
+  restored = run_checkpoints.restore(state)
+  if restored is not None:
+    state = restored
+    logging.info('Resuming from step %d.', int(state.step))
+  state = jax.device_put(state, replicated)
+  start = int(state.step)
+
+  @jax.jit
+  def run_steps(state, batches):
+    return jax.lax.scan(train_step, state, batches)
+
+  @jax.jit
+  def run_eval(state, batch):
+    return eval_step(state, batch)[1]['loss']
+
+  def stacked_batches(first_step, n):
+    images = np.stack([dataset.train_batch(s)['image'] for s in range(first_step, first_step + n)])
+    return jax.device_put({'image': scaler(images)}, batch_sharding)
+
+  sampler, score_of = (get_sampler_and_score(config, sde, model, config.eval.get('num_snapshot_samples', 64))
+                       if tc.snapshot_sampling else (None, None))
+  eval_iter = iter(())
+  log = MetricsLog(workdir, start)
+  progress = _progress(start, tc.n_iters)
+  k = tc.n_jitted_steps
+  step, tick = start, time.perf_counter()
+  try:
+    while step < tc.n_iters:
+      state, metrics = run_steps(state, stacked_batches(step, k))
+      loss = np.asarray(metrics['loss'])
+      if not np.all(np.isfinite(loss)):
+        bad = step + int(np.argmin(np.isfinite(loss))) + 1
+        raise TrainingDiverged(f'Loss is {loss[~np.isfinite(loss)][0]} at step {bad}; stopped. '
+                               f'The last good checkpoint (step <= {step}) is kept in {workdir}.')
+      step += k
+      progress.update(k)
+      if step % tc.log_freq == 0:
+        now = time.perf_counter()
+        log.write(step, {'loss': loss[-1], 'learning_rate': learning_rate(config, step - 1),
+                         'grad_norm': np.asarray(metrics['grad_norm'])[-1],
+                         'steps_per_sec': tc.log_freq / (now - tick)})
+        tick = now
+      if step % tc.eval_freq == 0:
+        batch = next(eval_iter, None)
+        if batch is None:
+          eval_iter = dataset.eval_batches()
+          batch = next(eval_iter)
+        eval_batch = jax.device_put({'image': scaler(batch['image'])}, NamedSharding(mesh, P('data')))
+        log.write(step, {'eval_loss': run_eval(state, eval_batch)})
+      permanent = step % tc.snapshot_freq == 0 or step == tc.n_iters
+      if permanent or step % tc.snapshot_freq_for_preemption == 0:
+        run_checkpoints.save(state, permanent=permanent)
+      if permanent and sampler is not None:
+        samples, _ = sampler(jax.random.fold_in(jax.random.PRNGKey(config.seed), step), score_of(state.params_ema))
+        save_samples(config, os.path.join(workdir, 'samples'), f'iter_{step}', samples)
+  finally:
+    progress.close()
+    log.close()
+    run_checkpoints.close()
+  return state
+
+
+def _progress(start, total):
+  if sys.stderr.isatty():
+    from tqdm import tqdm
+    return tqdm(initial=start, total=total, unit='step')
+
+  class _Silent:
+    def update(self, n):
+      pass
+
+    def close(self):
+      pass
+  return _Silent()

@@ -1,0 +1,54 @@
+"""Checks a config before anything is built or compiled; every problem is one readable line."""
+import jax
+
+from score_sde import datasets, losses, models, sampling, sde_lib
+
+
+class ConfigError(ValueError):
+  """A config that cannot run, with what to change."""
+
+
+def _require(condition, message):
+  if not condition:
+    raise ConfigError(message)
+
+
+def validate(config, mode='train'):
+  """Raises ConfigError naming the first problem found in `config`."""
+  for section in ('training', 'sampling', 'eval', 'data', 'model', 'optim'):
+    _require(section in config, f'config has no `{section}` section; start from a configs/default_*.py file.')
+  tc = config.training
+  try:
+    sde = sde_lib.get_sde(config)
+    model_class = models.utils.get_model_class(config.model.name)
+    sampling.get_predictor(config.sampling.predictor.lower())
+    sampling.get_corrector(config.sampling.corrector.lower())
+    _require(config.sampling.method.lower() in sampling.SAMPLERS,
+             f'Unknown sampling method {config.sampling.method!r}; known: {list(sampling.SAMPLERS)}.')
+    sampling.check_predictor(sde, config.sampling.predictor.lower(), config.sampling.probability_flow)
+    losses.get_loss_fn(sde, None, True, tc.reduce_mean, tc.continuous, tc.likelihood_weighting)
+    if config.data.dataset not in datasets.dataset_names() and not datasets.is_tfds_name(config.data.dataset):
+      raise datasets.DatasetError(f'Unknown dataset {config.data.dataset!r}; known: {datasets.dataset_names()}.')
+  except (ValueError, NotImplementedError) as error:
+    raise ConfigError(str(error)) from None
+
+  devices = jax.device_count()
+  _require(tc.batch_size % devices == 0,
+           f'training.batch_size={tc.batch_size} does not divide across {devices} devices; '
+           f'use a multiple of {devices}.')
+  _require(config.eval.batch_size % devices == 0,
+           f'eval.batch_size={config.eval.batch_size} does not divide across {devices} devices; '
+           f'use a multiple of {devices}.')
+  k = tc.n_jitted_steps
+  _require(k >= 1, 'training.n_jitted_steps must be at least 1.')
+  for field in ('log_freq', 'eval_freq', 'snapshot_freq', 'snapshot_freq_for_preemption'):
+    _require(getattr(tc, field) % k == 0,
+             f'training.{field}={getattr(tc, field)} is not a multiple of training.n_jitted_steps={k}; '
+             'make it one, or lower n_jitted_steps.')
+  _require(tc.n_iters % k == 0, f'training.n_iters={tc.n_iters} is not a multiple of training.n_jitted_steps={k}.')
+  check = getattr(model_class, 'check_config', None)
+  if check is not None:
+    try:
+      check(config)
+    except ValueError as error:
+      raise ConfigError(str(error)) from None

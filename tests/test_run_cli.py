@@ -1,0 +1,123 @@
+"""run.py end to end: exact resume after SIGKILL, and one clear line with exit code 2 for bad input."""
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOY = str(REPO / 'configs' / 'toy' / 'gmm.py')
+SMALL = ['--config.training.n_iters=300', '--config.training.n_jitted_steps=10', '--config.training.log_freq=10',
+         '--config.training.eval_freq=100', '--config.training.snapshot_freq=100',
+         '--config.training.snapshot_freq_for_preemption=10', '--config.training.snapshot_sampling=False',
+         '--config.training.batch_size=64', '--config.model.nf=32']
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', TF_ENABLE_ONEDNN_OPTS='0', JAX_PLATFORMS='cpu')
+
+
+def run_cli(workdir, *args, config=TOY, env=None, **kwargs):
+  command = [sys.executable, str(REPO / 'run.py'), f'--config={config}', f'--workdir={workdir}', *args]
+  return subprocess.Popen(command, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **kwargs)
+
+
+def finish(process, timeout=600):
+  out, err = process.communicate(timeout=timeout)
+  return process.returncode, out, err
+
+
+def final_params(workdir):
+  from score_sde import checkpoints
+  state = checkpoints.restore(str(workdir))
+  return jax.tree.leaves(state.params), jax.tree.leaves(state.params_ema), int(state.step)
+
+
+def test_training_killed_three_times_resumes_bit_for_bit(tmp_path):
+  code, _, err = finish(run_cli(tmp_path / 'straight', '--mode=train', *SMALL))
+  assert code == 0, err[-2000:]
+  reference = final_params(tmp_path / 'straight')
+
+  chooser = random.Random(int(time.time()))
+  killed = tmp_path / 'killed'
+  kills = []
+  for _ in range(3):
+    process = run_cli(killed, '--mode=train', *SMALL)
+    delay = chooser.uniform(4., 14.)
+    try:
+      process.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      process.send_signal(signal.SIGKILL)
+      process.wait()
+    log = killed / 'metrics.jsonl'
+    kills.append((round(delay, 1), log.read_text().count('"loss"') if log.exists() else 0))
+  code, _, err = finish(run_cli(killed, '--mode=train', *SMALL))
+  assert code == 0, (kills, err[-2000:])
+  resumed = final_params(killed)
+  assert resumed[2] == reference[2] == 300
+  for a, b in zip(reference[0] + reference[1], resumed[0] + resumed[1]):
+    np.testing.assert_array_equal(a, b, err_msg=f'kills (seconds, logged steps): {kills}')
+  # The metrics log has each step once, in order, despite the kills.
+  steps = [line for line in (killed / 'metrics.jsonl').read_text().splitlines() if '"loss"' in line]
+  assert len(steps) == 30
+
+
+def test_a_corrupt_latest_checkpoint_is_skipped(tmp_path):
+  """Truncate the newest checkpoint's arrays: restore warns and falls back to the one before."""
+  workdir = tmp_path / 'run'
+  code, _, err = finish(run_cli(workdir, '--mode=train', *SMALL[1:], '--config.training.n_iters=200'))
+  assert code == 0, err[-2000:]
+  from score_sde import checkpoints
+  latest = workdir / 'checkpoints' / '200'
+  for path in latest.rglob('*'):
+    if path.is_file() and path.name != '_CHECKPOINT_METADATA':
+      path.write_bytes(b'')
+  (workdir / 'checkpoints-meta' / '200').rename(workdir / 'checkpoints-meta' / 'gone')
+  state = checkpoints.restore(str(workdir))
+  assert int(state.step) == 100
+
+
+BAD_INPUTS = {
+    'unknown sde': (['--config.training.sde=cosine'], "Unknown SDE 'cosine'"),
+    'unknown model': (['--config.model.name=unet9000'], "Unknown model 'unet9000'"),
+    'unknown predictor': (['--config.sampling.predictor=heun'], "Unknown predictor 'heun'"),
+    'unknown corrector': (['--config.sampling.corrector=mala'], "Unknown corrector 'mala'"),
+    'unknown dataset': (['--config.data.dataset=imagenet64'], "Unknown dataset 'imagenet64'"),
+    'unknown field': (['--config.training.batchsize=8'], 'batchsize'),
+    'bad override': (['--config.training.batch_size=many'], 'batch_size'),
+    'unknown flag': (['--epochs=3'], 'unknown flag --epochs'),
+    'no mode': ([], '--mode is required'),
+    'discrete subvp': (['--config.training.sde=subvpsde', '--config.training.continuous=False'],
+                       'Discrete training is defined for VESDE'),
+    'n_jitted mismatch': (['--config.training.n_jitted_steps=7'], 'not a multiple of training.n_jitted_steps=7'),
+    'model cannot take the data': (['--config.data.dataset=digits'], 'mlp'),
+    'sample without a checkpoint': (['--mode=sample'], 'no checkpoint in'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_leaves_the_workdir(tmp_path, case):
+  args, expected = BAD_INPUTS[case]
+  if case != 'no mode' and not any(a.startswith('--mode') for a in args):
+    args = ['--mode=train'] + args
+  workdir = tmp_path / 'work'
+  workdir.mkdir()
+  (workdir / 'notes.txt').write_text('keep me')
+  code, out, err = finish(run_cli(workdir, *args))
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert code == 2, err[-2000:]
+  assert len(lines) == 1 and 'Traceback' not in err, err
+  assert expected in lines[0], lines[0]
+  assert sorted(p.name for p in workdir.iterdir()) == ['notes.txt']
+  assert (workdir / 'notes.txt').read_text() == 'keep me'
+
+
+def test_batch_that_does_not_divide_across_devices(tmp_path):
+  env = dict(ENV, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  code, _, err = finish(run_cli(tmp_path / 'w', '--mode=train', '--config.training.batch_size=12', env=env))
+  assert code == 2 and 'does not divide across 8 devices' in err, err[-2000:]
+  assert not (tmp_path / 'w').exists()
