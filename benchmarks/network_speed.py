@@ -67,7 +67,6 @@ def main():
                                ' --xla_cpu_experimental_ynn_fusion_type=-individual_convolution').strip()
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from score_sde import losses, models, sde_lib  # pylint: disable=import-outside-toplevel
   from score_sde.models import layers  # pylint: disable=import-outside-toplevel
 

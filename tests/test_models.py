@@ -3,7 +3,6 @@
 The parity cases read the official fixtures from ../shared/reference (skipped when absent).
 Everything else runs at tiny sizes (8x8 images, nf 16, ch_mult (1, 2), batch 2).
 """
-import functools
 import io
 import json
 import os

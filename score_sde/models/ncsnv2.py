@@ -7,7 +7,7 @@ aligns corners, and dilated 3x3 convs pad by their dilation. Submodule names are
 the original attribute names (res1_0/conv1, refine2/adapt_convs_0/1_1_conv, ...),
 so an original state_dict maps by name (see convert.py). Init is PyTorch's default.
 """
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
