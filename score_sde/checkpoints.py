@@ -45,7 +45,11 @@ class RunCheckpoints:
     return sorted(found, key=lambda item: -item[0])
 
   def restore(self, target):
-    """The newest checkpoint that restores; a corrupt or partial one is skipped with a warning."""
+    """The newest checkpoint that restores; a corrupt or partial one is skipped with a warning.
+
+    Arrays come back replicated over this process's devices, whatever devices saved them.
+    """
+    target = _replicated_abstract(target)
     for step, manager in self.candidates():
       try:
         return manager.restore(step, args=ocp.args.StandardRestore(target))
@@ -57,6 +61,11 @@ class RunCheckpoints:
   def close(self):
     self.preemption.close()
     self.permanent.close()
+
+
+def _replicated_abstract(tree):
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)), jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def save_config(workdir, config):

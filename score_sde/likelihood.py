@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling import solve_ode
+from score_sde.sampling import shard_batch, solve_ode
 
 
 def hutchinson_divergence(fn, x, probe):
@@ -42,12 +42,12 @@ def bits_per_dim_offset(inverse_scaler, num_levels=256):
 
 
 def get_likelihood_fn(sde, inverse_scaler=None, hutchinson_type='rademacher',
-                      rtol=1e-5, atol=1e-5, eps=1e-5, num_levels=256):
+                      rtol=1e-5, atol=1e-5, eps=1e-5, num_levels=256, sharding=None):
   """Returns likelihood_fn(rng, score_fn, x, probe=None) -> (bpd, z, nfe).
 
   bpd = -(log p_T(z) + Δlog p) / (D ln 2), plus the official 8-bit offset when an
   inverse_scaler is given (log2(num_levels) for data of other depths).
-  `probe` overrides the random Hutchinson probe.
+  `probe` overrides the random Hutchinson probe. `sharding` splits the batch across devices.
   """
   if hutchinson_type not in HUTCHINSON_TYPES:
     raise ValueError(f'Unknown hutchinson_type {hutchinson_type!r}; known: {list(HUTCHINSON_TYPES)}.')
@@ -55,6 +55,7 @@ def get_likelihood_fn(sde, inverse_scaler=None, hutchinson_type='rademacher',
 
   @eqx.filter_jit
   def likelihood_fn(rng, score_fn, x, probe=None):
+    x = shard_batch(x, sharding)
     rsde = sde.reverse(score_fn, probability_flow=True)
 
     def drift_at(t):

@@ -52,7 +52,8 @@ def bits_per_dim(config, workdir, split_batches=None):
   scaler = datasets.get_data_scaler(config)
   levels = 17 if config.data.dataset == 'digits' else 256
   inverse_scaler = datasets.get_data_inverse_scaler(config) if dataset.is_image else None
-  likelihood_fn = likelihood.get_likelihood_fn(sde, inverse_scaler, num_levels=levels)
+  likelihood_fn = likelihood.get_likelihood_fn(sde, inverse_scaler, num_levels=levels,
+                                               sharding=train.batch_sharding())
   score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
   rng = jax.random.PRNGKey(config.seed + 2)
   values = []

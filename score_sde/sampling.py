@@ -157,13 +157,20 @@ def check_predictor(sde, predictor, probability_flow):
     raise ValueError('ancestral_sampling has no probability-flow form; use reverse_diffusion or euler_maruyama.')
 
 
+def shard_batch(x, sharding):
+  """Places the batch axis of x across devices (e.g. NamedSharding(mesh, P('data'))); XLA shards the loop."""
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
 def get_pc_sampler(sde, shape, predictor='reverse_diffusion', corrector='langevin', inverse_scaler=None,
-                   snr=0.16, n_steps=1, probability_flow=False, continuous=False, denoise=True, eps=1e-3):
+                   snr=0.16, n_steps=1, probability_flow=False, continuous=False, denoise=True, eps=1e-3,
+                   sharding=None):
   """Predictor–corrector sampler over N = sde.N uniform steps from T down to eps.
 
   Each step applies the corrector, then the predictor, as the official code does.
   With `denoise`, the noise-free mean of the last predictor step is returned.
   `continuous` is accepted for compatibility; times are always passed as floats.
+  With `sharding`, the batch is split across devices; batch means (Langevin) stay global.
   """
   predictor_fn, predictor_nfe = get_predictor(predictor)
   corrector_fn, corrector_nfe = get_corrector(corrector)
@@ -174,7 +181,7 @@ def get_pc_sampler(sde, shape, predictor='reverse_diffusion', corrector='langevi
   @eqx.filter_jit
   def sampler(rng, score_fn):
     rng, prior_rng = jax.random.split(rng)
-    x = sde.prior_sampling(prior_rng, shape)
+    x = shard_batch(sde.prior_sampling(prior_rng, shape), sharding)
     timesteps = jnp.linspace(sde.T, eps, sde.N)
 
     def step(carry, inputs):
@@ -211,7 +218,8 @@ def solve_ode(vector_field, y0, t0, t1, rtol, atol, max_steps=10_000):
   return y1, _dopri5_nfe(solution.stats)
 
 
-def get_ode_sampler(sde, shape, inverse_scaler=None, denoise=False, rtol=1e-5, atol=1e-5, eps=1e-3):
+def get_ode_sampler(sde, shape, inverse_scaler=None, denoise=False, rtol=1e-5, atol=1e-5, eps=1e-3,
+                    sharding=None):
   """Samples by integrating the probability-flow ODE from T to eps (adaptive RK45).
 
   `sampler(rng, score_fn, z=None)`: z is an optional latent at time T.
@@ -221,7 +229,7 @@ def get_ode_sampler(sde, shape, inverse_scaler=None, denoise=False, rtol=1e-5, a
 
   @eqx.filter_jit
   def sampler(rng, score_fn, z=None):
-    x = sde.prior_sampling(rng, shape) if z is None else z
+    x = shard_batch(sde.prior_sampling(rng, shape) if z is None else z, sharding)
     rsde = sde.reverse(score_fn, probability_flow=True)
 
     def vector_field(t, x):
@@ -239,7 +247,7 @@ def get_ode_sampler(sde, shape, inverse_scaler=None, denoise=False, rtol=1e-5, a
 SAMPLERS = ('pc', 'ode')
 
 
-def get_sampling_fn(config, sde, shape, inverse_scaler=None, eps=None):
+def get_sampling_fn(config, sde, shape, inverse_scaler=None, eps=None, sharding=None):
   """The sampler chosen by `config.sampling` (method 'pc' or 'ode')."""
   s = config.sampling
   method = s.method.lower()
@@ -247,9 +255,10 @@ def get_sampling_fn(config, sde, shape, inverse_scaler=None, eps=None):
     eps = 1e-5 if isinstance(sde, sde_lib.VESDE) else 1e-3
   if method == 'ode':
     return get_ode_sampler(sde, shape, inverse_scaler, denoise=s.noise_removal, eps=eps,
-                           rtol=getattr(s, 'rtol', 1e-5), atol=getattr(s, 'atol', 1e-5))
+                           rtol=getattr(s, 'rtol', 1e-5), atol=getattr(s, 'atol', 1e-5), sharding=sharding)
   if method == 'pc':
     return get_pc_sampler(sde, shape, s.predictor.lower(), s.corrector.lower(), inverse_scaler,
                           snr=s.snr, n_steps=s.n_steps_each, probability_flow=s.probability_flow,
-                          continuous=config.training.continuous, denoise=s.noise_removal, eps=eps)
+                          continuous=config.training.continuous, denoise=s.noise_removal, eps=eps,
+                          sharding=sharding)
   raise ValueError(f'Unknown sampling method {s.method!r}; known: {list(SAMPLERS)}.')

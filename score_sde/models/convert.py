@@ -247,10 +247,14 @@ def load_pth(path, use_ema=True):
     raise ImportError('load_pth needs PyTorch (pip install torch); alternatively pass a state_dict '
                       'of numpy arrays to from_official_pytorch.') from e
   checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  if isinstance(checkpoint, dict) and 'model' in checkpoint:
+  if isinstance(checkpoint, dict) and 'model' in checkpoint:  # score_sde_pytorch
     state_dict = checkpoint['model']
     if use_ema and 'ema' in checkpoint:
       state_dict = apply_ema(state_dict, checkpoint['ema']['shadow_params'])
+  elif isinstance(checkpoint, (list, tuple)):  # ermongroup/ncsn, ncsnv2: [model, optimizer, epoch, step(, ema)]
+    state_dict = dict(checkpoint[0])
+    if use_ema and len(checkpoint) > 4 and isinstance(checkpoint[-1], dict):
+      state_dict.update(checkpoint[-1])  # EMAHelper.shadow: parameter name -> averaged tensor
   else:
     state_dict = checkpoint
   return {k: _to_numpy(v) for k, v in _strip_prefix(state_dict).items()}
