@@ -57,7 +57,8 @@ def main(argv):
     if mode != 'train' and not run_lib.has_checkpoint(workdir):
       fail(f'no checkpoint in {workdir}; train first (--mode train) or point --workdir at a trained run.')
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(lambda record: 'orbax' not in record.pathname)
+    import logging as python_logging
+    python_logging.getLogger('absl').addFilter(lambda record: 'orbax' not in record.pathname)
     run_lib.run(config, workdir, mode)
   except (validate.ConfigError, datasets.DatasetError) as error:
     fail(str(error))

@@ -52,8 +52,9 @@ def bits_per_dim(config, workdir, split_batches=None):
   scaler = datasets.get_data_scaler(config)
   levels = 17 if config.data.dataset == 'digits' else 256
   inverse_scaler = datasets.get_data_inverse_scaler(config) if dataset.is_image else None
-  likelihood_fn = likelihood.get_likelihood_fn(sde, inverse_scaler, num_levels=levels,
-                                               sharding=train.batch_sharding())
+  likelihood_fn = likelihood.get_likelihood_fn(
+      sde, inverse_scaler, num_levels=levels, sharding=train.batch_sharding(),
+      rtol=config.eval.get('likelihood_rtol', 1e-5), atol=config.eval.get('likelihood_atol', 1e-5))
   score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
   rng = jax.random.PRNGKey(config.seed + 2)
   values = []

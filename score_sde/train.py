@@ -99,9 +99,9 @@ def save_samples(config, workdir, name, samples):
 def train(config, workdir):
   """Trains from the latest good checkpoint in `workdir` (or from scratch) to training.n_iters."""
   tc = config.training
+  dataset = datasets.get_dataset(config)  # a missing dataset fails before the workdir is touched
   os.makedirs(workdir, exist_ok=True)
   checkpoints.save_config(workdir, config)
-  dataset = datasets.get_dataset(config)
   scaler = datasets.get_data_scaler(config)
   sde = sde_lib.get_sde(config)
   model = models.get_model(config)

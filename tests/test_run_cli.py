@@ -121,3 +121,17 @@ def test_batch_that_does_not_divide_across_devices(tmp_path):
   code, _, err = finish(run_cli(tmp_path / 'w', '--mode=train', '--config.training.batch_size=12', env=env))
   assert code == 2 and 'does not divide across 8 devices' in err, err[-2000:]
   assert not (tmp_path / 'w').exists()
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = tmp_path / 'run'
+  base = SMALL[1:] + ['--config.training.snapshot_freq=20']
+  code, _, err = finish(run_cli(workdir, '--mode=train', *base, '--config.training.n_iters=20'))
+  assert code == 0, err[-2000:]
+  code, _, err = finish(run_cli(workdir, '--mode=train', *base, '--config.training.n_iters=40',
+                                '--config.optim.lr=1e30', '--config.optim.grad_clip=-1.'))
+  lines = [line for line in err.splitlines() if line.startswith('error:')]
+  assert code == 1 and lines and 'at step' in lines[0] and 'Traceback' not in err, err[-2000:]
+  from score_sde import checkpoints
+  assert int(checkpoints.restore(str(workdir)).step) == 20
+
