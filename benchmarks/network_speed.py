@@ -52,12 +52,13 @@ def median_ms(fn, args, iters, warmup):
   import jax  # pylint: disable=import-outside-toplevel
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
-  times = []
+  times, cpu = [], []
   for _ in range(iters):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(*args))
     times.append(1e3 * (time.perf_counter() - start))
-  return statistics.median(times), min(times)
+    cpu.append(1e3 * (time.process_time() - start_cpu))
+  return statistics.median(times), min(times), statistics.median(cpu)
 
 
 def main():
@@ -92,8 +93,8 @@ def main():
     compiled = jax.jit(fn).lower(*fn_args).compile()
     compile_s = time.perf_counter() - start
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
-    med, best = median_ms(compiled, fn_args, args.iters, args.warmup)
-    rows.append((label, med, best, compile_s, flops / 1e9, flops / 1e6 / med, official))
+    med, best, cpu = median_ms(compiled, fn_args, args.iters, args.warmup)
+    rows.append((label, med, best, cpu, compile_s, flops / 1e9, flops / 1e6 / med, official))
     print(f'  {label}: {med:.1f} ms', flush=True)
 
   official = dict(OFFICIAL_FALLBACK)
@@ -120,11 +121,13 @@ def main():
   bench('train step (grad + clip + Adam + EMA)', step_fn, (state, batch), official['train_step_ms_median'])
 
   print()
-  print(f'{"":40s} {"median ms":>10s} {"min ms":>8s} {"compile s":>9s} {"GFLOP":>7s} {"GFLOP/s":>8s} '
-        f'{"official PyTorch ms":>20s} {"ours/PT":>7s}')
-  for label, med, best, compile_s, gflop, rate, off in rows:
+  print(f'{"":40s} {"median ms":>10s} {"min ms":>8s} {"CPU ms":>8s} {"compile s":>9s} {"GFLOP":>7s} '
+        f'{"GFLOP/s":>8s} {"official PyTorch ms":>20s} {"ours/PT":>7s}')
+  for label, med, best, cpu, compile_s, gflop, rate, off in rows:
     off_txt = f"{off:20.1f} {med / off:7.2f}" if off else ""
-    print(f'{label:40s} {med:10.1f} {best:8.1f} {compile_s:9.1f} {gflop:7.1f} {rate:8.1f} {off_txt}')
+    print(f'{label:40s} {med:10.1f} {best:8.1f} {cpu:8.1f} {compile_s:9.1f} {gflop:7.1f} {rate:8.1f} {off_txt}')
+  print(f'(CPU ms: process CPU time per call, both threads; on an idle 2-core machine it is about '
+        f'2x the wall time. Load average now: {os.getloadavg()[0]:.2f})')
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ def fid_from_features(feats_a, feats_b):
   a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
   mu_a, mu_b = a.mean(0), b.mean(0)
   cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+  covmean = linalg.sqrtm(cov_a @ cov_b)
   if not np.isfinite(covmean).all():  # near-singular product: regularise as pytorch-fid does
     offset = np.eye(cov_a.shape[0]) * 1e-6
     covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))

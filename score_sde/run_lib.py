@@ -6,7 +6,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from score_sde import checkpoints, datasets, likelihood, models, sde_lib, train
+from score_sde import checkpoints, datasets, likelihood, models, sde_lib, train, validate
 
 
 class RunFailed(RuntimeError):
@@ -83,6 +83,8 @@ def run(config, workdir, mode):
       train.train(config, workdir)
     except train.TrainingDiverged as error:
       raise RunFailed(str(error)) from None
+    except train.CheckpointMismatch as error:
+      raise validate.ConfigError(str(error)) from None
   elif mode == 'sample':
     sample(config, workdir)
   elif mode == 'likelihood':

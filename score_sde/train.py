@@ -18,6 +18,10 @@ class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite."""
 
 
+class CheckpointMismatch(ValueError):
+  """The workdir's checkpoints do not fit the config's train state."""
+
+
 def data_shape(config):
   if config.data.dataset in toy.TOY_DISTRIBUTIONS:
     return (toy.get_toy_distribution(config.data.dataset).dim,)
@@ -100,8 +104,6 @@ def train(config, workdir):
   """Trains from the latest good checkpoint in `workdir` (or from scratch) to training.n_iters."""
   tc = config.training
   dataset = datasets.get_dataset(config)  # a missing dataset fails before the workdir is touched
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints.save_config(workdir, config)
   scaler = datasets.get_data_scaler(config)
   sde = sde_lib.get_sde(config)
   model = models.get_model(config)
@@ -120,6 +122,11 @@ def train(config, workdir):
   if restored is not None:
     state = restored
     logging.info('Resuming from step %d.', int(state.step))
+  elif run_checkpoints.candidates():
+    run_checkpoints.close()
+    raise CheckpointMismatch(f'{workdir} has checkpoints, but none restores into the state this config builds '
+                             '(a changed model or optimizer?); use a new --workdir or the original config.')
+  checkpoints.save_config(workdir, config)
   state = jax.device_put(state, replicated)
   start = int(state.step)
 
