@@ -48,8 +48,20 @@ def parse(argv):
   return FLAGS.config, FLAGS.workdir, FLAGS.mode
 
 
+MULTI_HOST_ENV = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
+                  'TPU_WORKER_HOSTNAMES')
+
+
+def maybe_initialize_distributed():
+  """Multi-host runs: jax.distributed.initialize() when a cluster environment says there are several processes."""
+  if any(os.environ.get(name) not in (None, '', '1') for name in MULTI_HOST_ENV):
+    import jax
+    jax.distributed.initialize()
+
+
 def main(argv):
   config, workdir, mode = parse(argv)
+  maybe_initialize_distributed()
   from score_sde import datasets, validate
   from score_sde import run_lib
   try:

@@ -96,19 +96,15 @@ class _UnitPrior:
     return -D / 2. * np.log(2 * np.pi) - _sum_except_batch(z ** 2) / 2.
 
 
-class VPSDE(_UnitPrior, SDE):
-  """Variance preserving: dx = -½ β(t) x dt + sqrt(β(t)) dw, β linear in t."""
+class _LinearBeta(_UnitPrior, SDE):
+  """β(t) = β_min + t (β_max - β_min) on [0, 1], with the discrete DDPM chain β_i = β(i/N)/N."""
 
   def __init__(self, beta_min=0.1, beta_max=20., N=1000):
     super().__init__(N)
     self.beta_0 = beta_min
     self.beta_1 = beta_max
-    # The discrete DDPM chain that this SDE is the limit of.
     self.discrete_betas = jnp.linspace(beta_min / N, beta_max / N, N)
     self.alphas = 1. - self.discrete_betas
-    self.alphas_cumprod = jnp.cumprod(self.alphas, axis=0)
-    self.sqrt_alphas_cumprod = jnp.sqrt(self.alphas_cumprod)
-    self.sqrt_1m_alphas_cumprod = jnp.sqrt(1. - self.alphas_cumprod)
 
   @property
   def T(self):
@@ -118,7 +114,18 @@ class VPSDE(_UnitPrior, SDE):
     return self.beta_0 + t * (self.beta_1 - self.beta_0)
 
   def log_mean_coeff(self, t):
+    """log of the mean scale: -∫_0^t β(s) ds / 2."""
     return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+
+class VPSDE(_LinearBeta):
+  """Variance preserving: dx = -½ β(t) x dt + sqrt(β(t)) dw."""
+
+  def __init__(self, beta_min=0.1, beta_max=20., N=1000):
+    super().__init__(beta_min, beta_max, N)
+    self.alphas_cumprod = jnp.cumprod(self.alphas, axis=0)
+    self.sqrt_alphas_cumprod = jnp.sqrt(self.alphas_cumprod)
+    self.sqrt_1m_alphas_cumprod = jnp.sqrt(1. - self.alphas_cumprod)
 
   def sde(self, x, t):
     beta_t = self.beta(t)
@@ -139,27 +146,12 @@ class VPSDE(_UnitPrior, SDE):
     return f, jnp.sqrt(beta)
 
 
-class subVPSDE(_UnitPrior, SDE):
-  """Sub-VP: the VP drift with diffusion β(t)(1 - exp(-2∫β)), Eq. 29."""
+class subVPSDE(_LinearBeta):
+  """Sub-VP: the VP drift with diffusion β(t)(1 - exp(-2∫β)), Eq. 29.
 
-  def __init__(self, beta_min=0.1, beta_max=20., N=1000):
-    super().__init__(N)
-    self.beta_0 = beta_min
-    self.beta_1 = beta_max
-    # Not used by the SDE itself; Langevin correctors scale their step by alpha_i,
-    # and sub-VP shares the VP discrete schedule (the official code lacks these).
-    self.discrete_betas = jnp.linspace(beta_min / N, beta_max / N, N)
-    self.alphas = 1. - self.discrete_betas
-
-  @property
-  def T(self):
-    return 1.
-
-  def beta(self, t):
-    return self.beta_0 + t * (self.beta_1 - self.beta_0)
-
-  def log_mean_coeff(self, t):
-    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+  Its discrete β_i, α_i (shared with VP) serve only the Langevin correctors' step size;
+  the official code lacks them, so its correctors fail on sub-VP.
+  """
 
   def sde(self, x, t):
     beta_t = self.beta(t)

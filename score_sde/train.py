@@ -78,6 +78,15 @@ def batch_sharding():
   return NamedSharding(data_mesh(), P('data'))
 
 
+def global_batch(images, sharding):
+  """{'image': array} split over all devices. Every host computes the same global batch (its order
+  depends only on seed and step) and contributes the slice that its own devices hold."""
+  if jax.process_count() == 1:
+    return {'image': jax.device_put(images, sharding)}
+  local = np.array_split(images, jax.process_count())[jax.process_index()]
+  return {'image': jax.make_array_from_process_local_data(sharding, local, images.shape)}
+
+
 def get_sampler_and_score(config, sde, model, num_samples):
   shape = (num_samples,) + data_shape(config)
   sampler = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config),
@@ -146,8 +155,7 @@ def train(config, workdir):
     return eval_step(state, batch)[1]['loss']
 
   def stacked_batches(first_step, n):
-    return [jax.device_put({'image': scaler(dataset.train_batch(s)['image'])}, by_batch)
-            for s in range(first_step, first_step + n)]
+    return [global_batch(scaler(dataset.train_batch(s)['image']), by_batch) for s in range(first_step, first_step + n)]
 
   sampler, score_of = (get_sampler_and_score(config, sde, model, config.eval.get('num_snapshot_samples', 64))
                        if tc.snapshot_sampling else (None, None))
@@ -177,7 +185,7 @@ def train(config, workdir):
         if batch is None:
           eval_iter = dataset.eval_batches()
           batch = next(eval_iter)
-        eval_batch = jax.device_put({'image': scaler(batch['image'])}, by_batch)
+        eval_batch = global_batch(scaler(batch['image']), by_batch)
         log.write(step, {'eval_loss': run_eval(state, eval_batch)})
       permanent = step % tc.snapshot_freq == 0 or step == tc.n_iters
       if permanent or step % tc.snapshot_freq_for_preemption == 0:
