@@ -43,11 +43,10 @@ def bare_score_time(score_fn, shape, n_evals):
   """Seconds for n_evals chained score evaluations inside one compiled loop."""
   @jax.jit
   def run(x):
-    def body(i, x):
-      t = jnp.full((shape[0],), 1. - i / n_evals)
-      return x - 1e-6 * score_fn(x, t)
-    return jax.lax.fori_loop(0, n_evals, body, x)
-  return timed(run, jnp.ones(shape))
+    def body(x, t):
+      return x - 1e-6 * score_fn(x, jnp.full((shape[0],), t)), None
+    return jax.lax.scan(body, x, jnp.linspace(1., 1e-3, n_evals))[0]
+  return timed(run, jax.random.normal(jax.random.PRNGKey(3), shape))
 
 
 def noise_time(shape, n_draws):
