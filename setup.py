@@ -20,6 +20,7 @@ setup(
         'tensorflow-datasets>=4.9.10,<4.10',
         'importlib_resources',  # tensorflow-datasets needs it but does not declare it
         'tensorboard>=2.21,<2.22',
+        'clu>=0.0.12',
         'tqdm>=4.66',
         'pillow>=10',
         'matplotlib>=3.8',

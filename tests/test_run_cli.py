@@ -148,3 +148,11 @@ def test_checkpoints_of_another_config_are_not_silently_replaced(tmp_path):
   assert code == 2 and lines and 'none restores' in lines[0], err[-2000:]
   after = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*') if 'tensorboard' not in str(p))
   assert before == after
+
+
+def test_image_size_the_model_cannot_take_exits_2(tmp_path):
+  code, _, err = finish(run_cli(tmp_path / 'w', '--mode=train', '--config.data.image_size=7',
+                                config=str(REPO / 'configs' / 'quickstart.py')))
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert code == 2 and len(lines) == 1 and 'must be a multiple of 2' in lines[0], err[-2000:]
+  assert not (tmp_path / 'w').exists()

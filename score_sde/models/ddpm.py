@@ -14,7 +14,7 @@ import ml_collections
 from score_sde.models import layers
 from score_sde.models.layers import NIN, ddpm_conv3x3, default_init, group_norm
 from score_sde.models.up_or_down_sampling import naive_downsample_2d, naive_upsample_2d
-from score_sde.models.utils import register_model
+from score_sde.models.utils import check_unet_config, register_model
 
 
 def _norm(x):
@@ -78,6 +78,7 @@ class ResnetBlockDDPM(nn.Module):
 @register_model(name='ddpm')
 class DDPM(nn.Module):
   config: ml_collections.ConfigDict
+  check_config = staticmethod(check_unet_config)
 
   @nn.compact
   def __call__(self, x, labels, train=False):

@@ -12,7 +12,7 @@ import numpy as np
 
 from score_sde.models import layers, layerspp
 from score_sde.models.layers import ddpm_conv3x3, default_init, group_norm
-from score_sde.models.utils import register_model
+from score_sde.models.utils import check_unet_config, register_model
 
 _CHOICES = {
     'progressive': ('none', 'output_skip', 'residual'),
@@ -34,6 +34,7 @@ def _option(m, name):
 class NCSNpp(nn.Module):
   """x (B, H, W, C) and the time input -> output of the same shape."""
   config: ml_collections.ConfigDict
+  check_config = staticmethod(check_unet_config)
 
   @nn.compact
   def __call__(self, x, time_cond, train=False):
