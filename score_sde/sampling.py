@@ -3,7 +3,6 @@
 A sampler is `sampler(rng, score_fn) -> (x, nfe)`. The whole loop is one compiled
 XLA program; `nfe` is the number of score evaluations it made.
 """
-import functools
 
 import diffrax
 import equinox as eqx

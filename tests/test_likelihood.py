@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import load_reference
-from score_sde import likelihood, sampling, sde_lib, toy
+from score_sde import likelihood, sampling, sde_lib
 from test_sampling_oracle import MIXTURE, ORACLE_SDES
 
 SCALERS = {'vesde': lambda x: x, 'vpsde': lambda x: (x + 1.) / 2., 'subvpsde': lambda x: (x + 1.) / 2.}
