@@ -33,6 +33,12 @@ class Dataset:
   eval_batches: Callable             # () -> iterator over held-out batches
   num_eval: int
   is_image: bool = True
+  num_levels: int = 256              # grey levels of the stored images (bpd counts bits of these)
+
+
+def uniform_dequantize(images, rng, levels):
+  """Spreads each of `levels` values in [0, 1] uniformly over its bin: (x (levels-1) + u) / levels."""
+  return (images * (levels - 1) + rng.random(images.shape, dtype=np.float32)) / levels
 
 
 def _epoch_permutation(seed, epoch, n):
@@ -57,7 +63,7 @@ def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=Fa
       flip = rng.random(batch_size) < 0.5
       images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
     if uniform_dequantization:
-      images = (images * (levels - 1) + rng.random(images.shape, dtype=np.float32)) / levels
+      images = uniform_dequantize(images, rng, levels)
     return {'image': images}
 
   def eval_batches():
@@ -65,7 +71,7 @@ def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=Fa
       yield {'image': test[start:start + eval_batch_size]}
 
   return Dataset(shape=train.shape[1:], train_batch=train_batch, eval_batches=eval_batches,
-                 num_eval=len(test) // eval_batch_size * eval_batch_size)
+                 num_eval=len(test) // eval_batch_size * eval_batch_size, num_levels=levels)
 
 
 def _toy(config, name):

@@ -44,13 +44,13 @@ def sample(config, workdir):
   return samples
 
 
-def bits_per_dim(config, workdir, split_batches=None):
+def bits_per_dim(config, workdir):
   """bpd of the held-out split under the EMA parameters, mean ± standard error, to likelihood.json."""
   state = _restore(config, workdir)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
   dataset = datasets.get_dataset(config)
   scaler = datasets.get_data_scaler(config)
-  levels = 17 if config.data.dataset == 'digits' else 256
+  levels = dataset.num_levels
   inverse_scaler = datasets.get_data_inverse_scaler(config) if dataset.is_image else None
   likelihood_fn = likelihood.get_likelihood_fn(
       sde, inverse_scaler, num_levels=levels, sharding=train.batch_sharding(),
@@ -61,12 +61,9 @@ def bits_per_dim(config, workdir, split_batches=None):
   for i, batch in enumerate(dataset.eval_batches()):
     images = batch['image']
     if dataset.is_image and config.data.uniform_dequantization:
-      noise = np.random.default_rng([config.seed, i]).random(images.shape, dtype=np.float32)
-      images = (images * (levels - 1) + noise) / levels
+      images = datasets.uniform_dequantize(images, np.random.default_rng([config.seed, i]), levels)
     bpd, _, _ = likelihood_fn(jax.random.fold_in(rng, i), score_fn, scaler(images))
     values.append(np.asarray(bpd))
-    if split_batches is not None and i + 1 >= split_batches:
-      break
   values = np.concatenate(values)
   result = {'step': int(state.step), 'bpd_mean': float(values.mean()),
             'bpd_stderr': float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float('nan'),
