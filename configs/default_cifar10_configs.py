@@ -37,6 +37,9 @@ def get_default_configs():
   evaluate.enable_loss = True
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = 'test'
+  evaluate.bpd_num_repeats = 1          # dequantization draws per image (the official code uses 5)
+  evaluate.feature_extractor = 'inception'  # FID/KID/IS network: 'inception' or 'digits_classifier'
+  evaluate.inception_weights = ''       # the converted pytorch-fid weights (.npz); see README
 
   # data
   config.data = data = ml_collections.ConfigDict()
@@ -46,6 +49,10 @@ def get_default_configs():
   data.centered = False
   data.uniform_dequantization = False
   data.num_channels = 3
+  data.data_dir = ''          # tensorflow-datasets data_dir; '' is ~/tensorflow_datasets
+  data.download = False       # True lets tfds download and prepare the dataset (needs network)
+  data.image_folder = ''      # dataset='image_folder': <image_folder>/train/<label>/*.png
+  data.tfrecords_path = ''    # dataset='FFHQ' or 'CelebAHQ': the official .tfrecords file
 
   # model
   config.model = model = ml_collections.ConfigDict()

@@ -1,10 +1,21 @@
 """Datasets as deterministic, resumable streams of batches.
 
-A dataset is `Dataset(shape, train_batch(step), eval_batches())`: the training batch of
-global step `step` depends only on (seed, step), so a resumed run sees exactly the data
-an uninterrupted run would. Images are NHWC float32 in [0, 1]; toy data is (batch, D).
+`get_dataset(config)` gives a `Dataset`: `train_batches(start_step)` yields this host's part of every
+training batch from global step `start_step` on, and a resumed run sees exactly the batches an
+uninterrupted run would. Images are NHWC float32 in [0, 1]; toy data is (batch, D).
+
+Sources, picked by `config.data.dataset` (the official names work too):
+  digits, toy mixtures                    built in, offline, held in memory
+  cifar10, svhn_cropped, mnist, fashion_mnist   tensorflow-datasets, held in memory
+  celeb_a, lsun/<category>                tensorflow-datasets, streamed (official crops)
+  ffhq, celebahq                          the official TFRecords (config.data.tfrecords_path), streamed
+  image_folder                            <config.data.image_folder>/train/<label>/*.png, streamed
+Random flips and uniform dequantization are drawn on the host from (seed, step).
 """
 import dataclasses
+import glob
+import logging
+import os
 from typing import Callable
 
 import jax
@@ -29,9 +40,8 @@ def get_data_inverse_scaler(config):
 @dataclasses.dataclass
 class Dataset:
   shape: tuple                       # one example's shape
-  train_batch: Callable              # step -> {'image': (batch, *shape)}
-  eval_batches: Callable             # () -> iterator over held-out batches
-  num_eval: int
+  train_batches: Callable            # start_step -> iterator over this host's rows of each global batch
+  eval_batches: Callable             # () -> iterator over whole held-out batches, in a fixed order
   is_image: bool = True
   num_levels: int = 256              # grey levels of the stored images (bpd counts bits of these)
 
@@ -41,14 +51,37 @@ def uniform_dequantize(images, rng, levels):
   return (images * (levels - 1) + rng.random(images.shape, dtype=np.float32)) / levels
 
 
+def augment(images, rng, random_flip, dequantize_levels=None):
+  """Left-right flips with probability ½, then uniform dequantization, drawn from `rng`."""
+  if random_flip:
+    flip = rng.random(len(images)) < 0.5
+    images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+  if dequantize_levels:
+    images = uniform_dequantize(images, rng, dequantize_levels)
+  return images
+
+
+def host_rows(batch_size):
+  """The rows of a global batch that this host feeds to its devices."""
+  per_host = batch_size // jax.process_count()
+  return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+
+
 def _epoch_permutation(seed, epoch, n):
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def _as_float(images, levels):
+  return images.astype(np.float32) / (levels - 1) if images.dtype == np.uint8 else images.astype(np.float32)
+
+
 def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=False, uniform_dequantization=False,
                   levels=256):
-  """Batches from in-memory arrays: epochs reshuffled by (seed, epoch), flips and dequantization by (seed, step)."""
-  train, test = np.asarray(train, np.float32), np.asarray(test, np.float32)
+  """Batches from in-memory arrays (uint8, or floats in [0, 1]).
+
+  Epochs are reshuffled by (seed, epoch), flips and dequantization drawn by (seed, step); every host
+  builds the same global batch and keeps its own rows, so the data do not depend on the host count.
+  """
   n = len(train)
   if batch_size > n:
     raise DatasetError(f'training.batch_size={batch_size} is larger than the training set ({n} examples).')
@@ -57,21 +90,21 @@ def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=Fa
     start = step * batch_size
     idx = np.concatenate([_epoch_permutation(seed, e, n) for e in range(start // n, (start + batch_size - 1) // n + 1)])
     offset = start % n
-    images = train[idx[offset:offset + batch_size]]
+    images = _as_float(train[idx[offset:offset + batch_size]], levels)
     rng = np.random.default_rng([seed, 1, step])
-    if random_flip:
-      flip = rng.random(batch_size) < 0.5
-      images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
-    if uniform_dequantization:
-      images = uniform_dequantize(images, rng, levels)
-    return {'image': images}
+    return augment(images, rng, random_flip, levels if uniform_dequantization else None)
+
+  def train_batches(start_step):
+    step = start_step
+    while True:
+      yield {'image': train_batch(step)[host_rows(batch_size)]}
+      step += 1
 
   def eval_batches():
     for start in range(0, len(test) - eval_batch_size + 1, eval_batch_size):
-      yield {'image': test[start:start + eval_batch_size]}
+      yield {'image': _as_float(test[start:start + eval_batch_size], levels)}
 
-  return Dataset(shape=train.shape[1:], train_batch=train_batch, eval_batches=eval_batches,
-                 num_eval=len(test) // eval_batch_size * eval_batch_size, num_levels=levels)
+  return Dataset(shape=train.shape[1:], train_batches=train_batches, eval_batches=eval_batches, num_levels=levels)
 
 
 def _toy(config, name):
@@ -81,8 +114,11 @@ def _toy(config, name):
   batch_size = config.training.batch_size
   sample = jax.jit(lambda step: mixture.sample(jax.random.fold_in(jax.random.fold_in(key, 2), step), batch_size))
 
-  def train_batch(step):
-    return {'image': np.asarray(sample(step))}
+  def train_batches(start_step):
+    step = start_step
+    while True:
+      yield {'image': np.asarray(sample(step))[host_rows(batch_size)]}
+      step += 1
 
   eval_size = config.eval.batch_size
 
@@ -90,8 +126,7 @@ def _toy(config, name):
     for start in range(0, len(test) - eval_size + 1, eval_size):
       yield {'image': test[start:start + eval_size]}
 
-  return Dataset(shape=(mixture.dim,), train_batch=train_batch, eval_batches=eval_batches,
-                 num_eval=len(test) // eval_size * eval_size, is_image=False)
+  return Dataset(shape=(mixture.dim,), train_batches=train_batches, eval_batches=eval_batches, is_image=False)
 
 
 def _digits(config):
@@ -110,23 +145,243 @@ def _digits(config):
                        config.data.random_flip, config.data.uniform_dequantization, levels=17)
 
 
+# --- tensorflow-datasets and files on disk --------------------------------------------------------------------
+
+# The official configs' names, and ours.
+OFFICIAL_NAMES = {'CIFAR10': 'cifar10', 'SVHN': 'svhn_cropped', 'CELEBA': 'celeb_a', 'MNIST': 'mnist',
+                  'FASHION_MNIST': 'fashion_mnist', 'FFHQ': 'ffhq', 'CelebAHQ': 'celebahq'}
+IN_MEMORY_TFDS = {'cifar10': 'test', 'svhn_cropped': 'test', 'mnist': 'test', 'fashion_mnist': 'test'}  # → eval split
+STREAMED_TFDS = {'celeb_a': 'validation', 'lsun': 'validation'}
+TFRECORDS = ('ffhq', 'celebahq')
+SHUFFLE_BUFFER = 10000
+
+
+def _tf():
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')  # the input pipeline stays on the host
+  return tf
+
+
+def _tfds_load(config, name, split, **kwargs):
+  import tensorflow_datasets as tfds
+  data_dir = config.data.get('data_dir') or None
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # tfds logs its search of data_dir; a missing dataset gets our one line
+  try:
+    return tfds.load(name, split=split, download=bool(config.data.get('download', False)), data_dir=data_dir,
+                     **kwargs)
+  except (AssertionError, tfds.core.registered.DatasetNotFoundError) as error:
+    where = data_dir or os.path.join('~', 'tensorflow_datasets')
+    raise DatasetError(f'dataset {name!r} is not prepared in {where}: fetch it once with --config.data.download=True '
+                       f'(needs network), or point --config.data.data_dir at a directory that has it '
+                       f'({type(error).__name__}).') from None
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _resize(tf, image, size):
+  """Float image in [0, 1] → size × size, antialiased (the official resize)."""
+  return tf.image.resize(image, [size, size], antialias=True)
+
+
+def _central_crop(tf, image, size):
+  top, left = (tf.shape(image)[0] - size) // 2, (tf.shape(image)[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def _resize_small(tf, image, size):
+  """Shorter side → size, keeping the aspect ratio."""
+  h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
+  ratio = size / tf.minimum(h, w)
+  return tf.image.resize(image, [tf.cast(tf.round(h * ratio), tf.int32), tf.cast(tf.round(w * ratio), tf.int32)],
+                         antialias=True)
+
+
+def _crop_resize(tf, image_uint8, size):
+  """Central square crop, then (unless already size × size) a bicubic antialiased resize back to uint8, as the
+  official LSUN pipeline does; returns [0, 1] floats."""
+  crop = tf.minimum(tf.shape(image_uint8)[0], tf.shape(image_uint8)[1])
+  image = _central_crop(tf, image_uint8, crop)
+  image = tf.cond(crop == size, lambda: image, lambda: tf.cast(tf.clip_by_value(
+      tf.image.resize(image, [size, size], antialias=True, method='bicubic'), 0, 255), tf.uint8))
+  return tf.cast(tf.reshape(image, [size, size, -1]), tf.float32) / 255.
+
+
+def _preprocess(name, size):
+  """uint8 HWC image → float32 size × size × C in [0, 1], with each dataset's official crop."""
+  tf = _tf()
+
+  def to_float(image):
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+  if name == 'celeb_a':
+    return lambda image: _resize_small(tf, _central_crop(tf, to_float(image), 140), size)
+  if name == 'lsun' and size == 128:
+    return lambda image: _central_crop(tf, _resize_small(tf, to_float(image), size), size)
+  if name in ('lsun', 'image_folder'):
+    return lambda image: _crop_resize(tf, image, size)
+
+  def exact_or_resized(image):
+    image = to_float(image)
+    if image.shape[0] == size and image.shape[1] == size:
+      return image
+    return _resize(tf, image, size)
+  return exact_or_resized
+
+
+def _tfds_in_memory(config, name):
+  """A small tfds image set, decoded once into host memory (uint8 at its stored size)."""
+  import tensorflow_datasets as tfds
+  arrays = [np.concatenate([b['image'] for b in tfds.as_numpy(_tfds_load(config, name, split).batch(10000))])
+            for split in ('train', IN_MEMORY_TFDS[name])]
+  channels, size = config.data.num_channels, config.data.image_size
+  if arrays[0].shape[-1] != channels:
+    raise DatasetError(f'{name} has {arrays[0].shape[-1]} channel(s); set --config.data.num_channels='
+                       f'{arrays[0].shape[-1]}.')
+  if arrays[0].shape[1:3] != (size, size):
+    tf, preprocess = _tf(), _preprocess(name, size)
+    arrays = [tf.map_fn(preprocess, a, fn_output_signature=tf.float32).numpy() for a in arrays]
+  train, test = arrays
+  return array_dataset(train, test, config.training.batch_size, config.eval.batch_size, config.seed,
+                       config.data.random_flip, config.data.uniform_dequantization, levels=256)
+
+
+def _stream(config, name, records, decode):
+  """A streamed image set. records(split, for_training) → tf.data of encoded examples (this host's
+  share when for_training); decode(record) → uint8 HWC. Training order: each epoch shuffled with the run's
+  seed, then skip to the resume step before decoding, so a resumed run reads the same batches."""
+  tf = _tf()
+  size, seed = config.data.image_size, config.seed
+  preprocess = _preprocess(name, size)
+  local_batch = config.training.batch_size // jax.process_count()
+  train_split, eval_split = _splits(config, name)
+  dequantize = 256 if config.data.uniform_dequantization else None
+
+  def prepared(ds, batch_size):
+    ds = ds.map(lambda r: preprocess(decode(r)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  def train_batches(start_step):
+    ds = records(train_split, True).shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = prepared(ds.skip(start_step * local_batch), local_batch)
+    for step, images in enumerate(ds.as_numpy_iterator(), start_step):
+      rng = np.random.default_rng([seed, 1, step, jax.process_index()])
+      yield {'image': augment(images, rng, config.data.random_flip, dequantize)}
+
+  def eval_batches():
+    yield from ({'image': images} for images in prepared(records(eval_split, False), config.eval.batch_size)
+                .as_numpy_iterator())
+
+  try:  # fail now, not at the first training step, when nothing can be read
+    next(prepared(records(train_split, False), 1).as_numpy_iterator())
+  except (tf.errors.OpError, StopIteration) as error:
+    raise DatasetError(f'cannot read {name}: {str(error).splitlines()[0] if str(error) else "no examples"}') from None
+  return Dataset(shape=(size, size, config.data.num_channels), train_batches=train_batches, eval_batches=eval_batches)
+
+
+def _splits(config, name):
+  if name in STREAMED_TFDS:
+    return 'train', STREAMED_TFDS[name]
+  if name == 'image_folder':
+    root = config.data.image_folder
+    held_out = [s for s in ('test', 'validation') if os.path.isdir(os.path.join(root, s))]
+    return 'train', (held_out[0] if held_out else 'train')
+  return 'train', 'train'  # the official TFRecords have one split
+
+
+def _tfds_streamed(config, name):
+  import tensorflow_datasets as tfds
+  tf = _tf()
+  full_name = name
+  if name == 'lsun':
+    full_name = config.data.dataset if '/' in config.data.dataset else f'lsun/{config.data.category}'
+
+  def records(split, for_training):
+    split = tfds.split_for_jax_process(split) if for_training else split
+    ds = _tfds_load(config, full_name, split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
+    return ds.map(lambda example: example['image'])
+
+  records('train', False)  # a missing dataset fails here, in well under a second
+  return _stream(config, name, records,
+                 lambda data: tf.io.decode_image(data, channels=config.data.num_channels, expand_animations=False))
+
+
+def _tfrecords(config, name):
+  """The official FFHQ / CelebA-HQ TFRecords: {'shape': [C, H, W] int64, 'data': raw uint8 bytes}."""
+  tf = _tf()
+  path = config.data.get('tfrecords_path', '')
+  files = sorted(tf.io.gfile.glob(path)) if path else []
+  if not files:
+    raise DatasetError(f'no TFRecords at data.tfrecords_path={path!r}; set --config.data.tfrecords_path to the '
+                       f'{name} .tfrecords file (or a glob) made with the official dataset_tool.')
+
+  def records(split, for_training):
+    ds = tf.data.TFRecordDataset(files)
+    return ds.shard(jax.process_count(), jax.process_index()) if for_training else ds
+
+  def decode(record):
+    example = tf.io.parse_single_example(record, {'shape': tf.io.FixedLenFeature([3], tf.int64),
+                                                  'data': tf.io.FixedLenFeature([], tf.string)})
+    return tf.transpose(tf.reshape(tf.io.decode_raw(example['data'], tf.uint8), example['shape']), (1, 2, 0))
+  return _stream(config, name, records, decode)
+
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
+
+
+def _image_folder(config):
+  """Your own images: <data.image_folder>/train/<label>/*.png (and test/ or validation/ for held-out data)."""
+  tf = _tf()
+  root = config.data.get('image_folder', '')
+
+  def files(split):
+    return sorted(f for f in glob.glob(os.path.join(root, split, '*', '*')) if f.lower().endswith(IMAGE_EXTENSIONS))
+  if not root or not files('train'):
+    raise DatasetError(f'no images in data.image_folder={root!r}: expected <folder>/train/<label>/*.png; set '
+                       '--config.data.image_folder to such a folder.')
+
+  def records(split, for_training):
+    ds = tf.data.Dataset.from_tensor_slices(files(split))
+    return ds.shard(jax.process_count(), jax.process_index()) if for_training else ds
+
+  return _stream(config, 'image_folder', records,
+                 lambda path: tf.io.decode_image(tf.io.read_file(path), channels=config.data.num_channels,
+                                                 expand_animations=False))
+
+
 _DATASETS = {
     'digits': _digits,
     **{name: (lambda config, name=name: _toy(config, name)) for name in toy.TOY_DISTRIBUTIONS},
+    **{name: (lambda config, name=name: _tfds_in_memory(config, name)) for name in IN_MEMORY_TFDS},
+    **{name: (lambda config, name=name: _tfds_streamed(config, name)) for name in STREAMED_TFDS},
+    **{name: (lambda config, name=name: _tfrecords(config, name)) for name in TFRECORDS},
+    'image_folder': _image_folder,
 }
 
 
 def dataset_names():
-  return sorted(_DATASETS)
+  return sorted(_DATASETS) + ['lsun/<category>']
 
 
-def is_tfds_name(name):
-  """Names that the tfds pipelines (cifar10, lsun/church, ...) will serve; none yet."""
-  return False
+def canonical_name(config):
+  """Our registry name for config.data.dataset ('CIFAR10' → 'cifar10', 'lsun/church_outdoor' → 'lsun')."""
+  name = config.data.dataset
+  name = OFFICIAL_NAMES.get(name, name)
+  if name == 'LSUN':
+    name = 'lsun'
+  elif name.startswith('lsun/'):
+    config_category = name.split('/', 1)[1]
+    if 'category' in config.data and config.data.category != config_category:
+      raise DatasetError(f'data.dataset={config.data.dataset!r} but data.category={config.data.category!r}.')
+    name = 'lsun'
+  if name not in _DATASETS:
+    raise DatasetError(f'Unknown dataset {config.data.dataset!r}; known: {dataset_names()} '
+                       f'(official names {sorted(OFFICIAL_NAMES) + ["LSUN"]} work too).')
+  if name == 'lsun' and not config.data.get('category') and '/' not in config.data.dataset:
+    raise DatasetError('LSUN needs a category: set --config.data.category (e.g. church_outdoor, bedroom).')
+  return name
 
 
 def get_dataset(config):
-  name = config.data.dataset
-  if name not in _DATASETS:
-    raise DatasetError(f'Unknown dataset {name!r}; known: {dataset_names()}.')
-  return _DATASETS[name](config)
+  return _DATASETS[canonical_name(config)](config)

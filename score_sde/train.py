@@ -78,13 +78,12 @@ def batch_sharding():
   return NamedSharding(data_mesh(), P('data'))
 
 
-def global_batch(images, sharding):
-  """{'image': array} split over all devices. Every host computes the same global batch (its order
-  depends only on seed and step) and contributes the slice that its own devices hold."""
+def global_batch(local_images, sharding):
+  """A global array split over all devices, from this host's rows of the batch."""
   if jax.process_count() == 1:
-    return {'image': jax.device_put(images, sharding)}
-  local = np.array_split(images, jax.process_count())[jax.process_index()]
-  return {'image': jax.make_array_from_process_local_data(sharding, local, images.shape)}
+    return jax.device_put(local_images, sharding)
+  shape = (local_images.shape[0] * jax.process_count(),) + local_images.shape[1:]
+  return jax.make_array_from_process_local_data(sharding, local_images, shape)
 
 
 def get_sampler_and_score(config, sde, model, num_samples):
@@ -154,8 +153,10 @@ def train(config, workdir):
   def run_eval(state, batch):
     return eval_step(state, batch)[1]['loss']
 
-  def stacked_batches(first_step, n):
-    return [global_batch(scaler(dataset.train_batch(s)['image']), by_batch) for s in range(first_step, first_step + n)]
+  train_iter = dataset.train_batches(start)
+
+  def next_batches(n):
+    return [{'image': global_batch(scaler(next(train_iter)['image']), by_batch)} for _ in range(n)]
 
   sampler, score_of = (get_sampler_and_score(config, sde, model, config.eval.get('num_snapshot_samples', 64))
                        if tc.snapshot_sampling else (None, None))
@@ -166,7 +167,7 @@ def train(config, workdir):
   step, tick = start, time.perf_counter()
   try:
     while step < tc.n_iters:
-      state, metrics = run_steps(state, stacked_batches(step, k))
+      state, metrics = run_steps(state, next_batches(k))
       loss = np.asarray(metrics['loss'])
       if not np.all(np.isfinite(loss)):
         bad = step + int(np.argmin(np.isfinite(loss))) + 1
@@ -185,7 +186,7 @@ def train(config, workdir):
         if batch is None:
           eval_iter = dataset.eval_batches()
           batch = next(eval_iter)
-        eval_batch = global_batch(scaler(batch['image']), by_batch)
+        eval_batch = {'image': global_batch(scaler(batch['image'][datasets.host_rows(len(batch['image']))]), by_batch)}
         log.write(step, {'eval_loss': run_eval(state, eval_batch)})
       permanent = step % tc.snapshot_freq == 0 or step == tc.n_iters
       if permanent or step % tc.snapshot_freq_for_preemption == 0:

@@ -27,8 +27,7 @@ def validate(config, mode='train'):
              f'Unknown sampling method {config.sampling.method!r}; known: {list(sampling.SAMPLERS)}.')
     sampling.check_predictor(sde, config.sampling.predictor.lower(), config.sampling.probability_flow)
     losses.get_loss_fn(sde, None, True, tc.reduce_mean, tc.continuous, tc.likelihood_weighting)
-    if config.data.dataset not in datasets.dataset_names() and not datasets.is_tfds_name(config.data.dataset):
-      raise datasets.DatasetError(f'Unknown dataset {config.data.dataset!r}; known: {datasets.dataset_names()}.')
+    datasets.canonical_name(config)
   except (ValueError, NotImplementedError) as error:
     raise ConfigError(str(error)) from None
 
