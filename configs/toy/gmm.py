@@ -41,7 +41,7 @@ def get_config():
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'gmm'  # see score_sde.toy.TOY_DISTRIBUTIONS
-  data.centered = True  # the SDE state is the data itself
+  data.centered = False  # the SDE state is the data itself (no [0, 1] → [-1, 1] scaling)
   data.uniform_dequantization = False
   data.num_train = 50_000
   data.num_test = 4_000
