@@ -20,6 +20,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a get_config() file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
 flags.DEFINE_enum('mode', None, ['train', 'eval', 'sample', 'likelihood'], 'What to run.')
+flags.DEFINE_string('eval_folder', 'eval', 'Subfolder of the workdir for --mode eval results (one per sampler '
+                    'setting lets several evaluations share one trained run).')
 
 USAGE = 'usage: python run.py --config <file.py> --workdir <dir> --mode train|eval|sample|likelihood'
 
@@ -71,7 +73,7 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     import logging as python_logging
     python_logging.getLogger('absl').addFilter(lambda record: 'orbax' not in record.pathname)
-    run_lib.run(config, workdir, mode)
+    run_lib.run(config, workdir, mode, FLAGS.eval_folder)
   except (validate.ConfigError, datasets.DatasetError) as error:
     fail(str(error))
   except run_lib.RunFailed as error:

@@ -5,6 +5,7 @@ setup(
     version='0.1.0',
     description='Score-based generative modeling through SDEs (Song et al., ICLR 2021), in modern JAX.',
     packages=find_packages(include=['score_sde', 'score_sde.*']),
+    package_data={'score_sde': ['assets/*.npz']},  # the digits classifier's weights
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.10.2,<0.11',

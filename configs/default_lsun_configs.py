@@ -40,6 +40,10 @@ def get_default_configs():
   evaluate.bpd_num_repeats = 1          # dequantization draws per image (the official code uses 5)
   evaluate.feature_extractor = 'inception'  # FID/KID/IS network: 'inception' or 'digits_classifier'
   evaluate.inception_weights = ''       # the converted pytorch-fid weights (.npz); see README
+  evaluate.num_reference = 50000        # training images behind the FID/KID reference statistics
+  evaluate.stats_dir = ''               # cache of reference features; '' is ~/.cache/score_sde/stats
+  evaluate.num_splits = 10              # KID and IS: mean ± stderr over this many disjoint parts of the samples
+  evaluate.num_bootstrap = 10           # FID stderr: bootstrap resamples of the samples
 
   # data
   config.data = data = ml_collections.ConfigDict()

@@ -25,8 +25,13 @@ def get_config():
   sampling.corrector = 'none'
 
   evaluate = config.eval
+  evaluate.begin_ckpt = 1          # checkpoint k is step k * training.snapshot_freq
+  evaluate.end_ckpt = 1
   evaluate.batch_size = 64
-  evaluate.num_samples = 64
+  evaluate.enable_sampling = True
+  evaluate.enable_bpd = True
+  evaluate.num_samples = 256       # FID/KID/IS on the digits classifier's features, in 4 rounds
+  evaluate.feature_extractor = 'digits_classifier'  # a small digits classifier, not Inception
   evaluate.num_snapshot_samples = 64
   evaluate.likelihood_rtol = 1e-4  # the official 1e-5 costs ~2x the NFE
   evaluate.likelihood_atol = 1e-4

@@ -63,6 +63,15 @@ class RunCheckpoints:
     self.permanent.close()
 
 
+def restore_step(workdir, step, target):
+  """The permanent checkpoint of `step`, replicated over this process's devices."""
+  manager = _manager(workdir, PERMANENT_DIR, None)
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(_replicated_abstract(target)))
+  finally:
+    manager.close()
+
+
 def _replicated_abstract(tree):
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)), jax.sharding.PartitionSpec())
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

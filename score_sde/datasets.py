@@ -44,6 +44,11 @@ class Dataset:
   eval_batches: Callable             # () -> iterator over whole held-out batches, in a fixed order
   is_image: bool = True
   num_levels: int = 256              # grey levels of the stored images (bpd counts bits of these)
+  reference_batches: Callable = None  # () -> the training split in a fixed order, unaugmented (FID statistics)
+
+  def __post_init__(self):
+    if self.reference_batches is None:
+      self.reference_batches = self.eval_batches
 
 
 def uniform_dequantize(images, rng, levels):
@@ -104,7 +109,12 @@ def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=Fa
     for start in range(0, len(test) - eval_batch_size + 1, eval_batch_size):
       yield {'image': _as_float(test[start:start + eval_batch_size], levels)}
 
-  return Dataset(shape=train.shape[1:], train_batches=train_batches, eval_batches=eval_batches, num_levels=levels)
+  def reference_batches():
+    for start in range(0, len(train), eval_batch_size):
+      yield {'image': _as_float(train[start:start + eval_batch_size], levels)}
+
+  return Dataset(shape=train.shape[1:], train_batches=train_batches, eval_batches=eval_batches, num_levels=levels,
+                 reference_batches=reference_batches)
 
 
 def _toy(config, name):
@@ -269,15 +279,16 @@ def _stream(config, name, records, decode):
       rng = np.random.default_rng([seed, 1, step, jax.process_index()])
       yield {'image': augment(images, rng, config.data.random_flip, dequantize)}
 
-  def eval_batches():
-    yield from ({'image': images} for images in prepared(records(eval_split, False), config.eval.batch_size)
-                .as_numpy_iterator())
+  def in_order(split):
+    return lambda: ({'image': images} for images in prepared(records(split, False), config.eval.batch_size)
+                    .as_numpy_iterator())
 
   try:  # fail now, not at the first training step, when nothing can be read
     next(prepared(records(train_split, False), 1).as_numpy_iterator())
   except (tf.errors.OpError, StopIteration) as error:
     raise DatasetError(f'cannot read {name}: {str(error).splitlines()[0] if str(error) else "no examples"}') from None
-  return Dataset(shape=(size, size, config.data.num_channels), train_batches=train_batches, eval_batches=eval_batches)
+  return Dataset(shape=(size, size, config.data.num_channels), train_batches=train_batches,
+                 eval_batches=in_order(eval_split), reference_batches=in_order(train_split))
 
 
 def _splits(config, name):

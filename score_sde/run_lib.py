@@ -6,7 +6,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from score_sde import checkpoints, datasets, likelihood, models, sde_lib, train, validate
+from score_sde import checkpoints, datasets, evaluate, likelihood, models, sde_lib, train, validate
 
 
 class RunFailed(RuntimeError):
@@ -74,7 +74,7 @@ def bits_per_dim(config, workdir):
   return result
 
 
-def run(config, workdir, mode):
+def run(config, workdir, mode, eval_folder='eval'):
   if mode == 'train':
     try:
       train.train(config, workdir)
@@ -87,5 +87,7 @@ def run(config, workdir, mode):
   elif mode == 'likelihood':
     bits_per_dim(config, workdir)
   elif mode == 'eval':
-    bits_per_dim(config, workdir)
-    sample(config, workdir)
+    try:
+      evaluate.evaluate(config, workdir, eval_folder)
+    except evaluate.EvalError as error:
+      raise validate.ConfigError(str(error)) from None

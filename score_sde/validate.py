@@ -1,4 +1,6 @@
 """Checks a config before anything is built or compiled; every problem is one readable line."""
+import os
+
 import jax
 
 from score_sde import datasets, losses, models, sampling, sde_lib
@@ -51,3 +53,25 @@ def validate(config, mode='train'):
       check(config)
     except ValueError as error:
       raise ConfigError(str(error)) from None
+  if mode == 'eval':
+    _check_eval(config)
+
+
+def _check_eval(config):
+  """Eval needs its feature network before any sampling starts."""
+  from score_sde import evaluate, toy
+  ec = config.eval
+  _require(ec.enable_sampling or ec.enable_bpd, 'eval.enable_sampling and eval.enable_bpd are both False; '
+           'nothing to evaluate.')
+  if not ec.enable_sampling or config.data.dataset in toy.TOY_DISTRIBUTIONS:
+    return
+  name = ec.get('feature_extractor', 'inception')
+  _require(name in evaluate.FEATURE_EXTRACTORS,
+           f'Unknown eval.feature_extractor {name!r}; known: {sorted(evaluate.FEATURE_EXTRACTORS)}.')
+  if name == 'inception':
+    from score_sde import inception
+    path = ec.get('inception_weights', '')
+    _require(bool(path) and os.path.exists(path),
+             f'eval.inception_weights={path!r} is not a file. FID needs the pytorch-fid Inception weights: download '
+             f'{inception.WEIGHTS_URL} and convert them (needs torch) with `{inception.CONVERT_COMMAND}`, then pass '
+             '--config.eval.inception_weights=<the .npz>.')

@@ -38,6 +38,11 @@ def get_config():
   evaluate.enable_loss = True
   evaluate.enable_bpd = True
   evaluate.bpd_dataset = 'test'
+  evaluate.bpd_num_repeats = 1
+  evaluate.num_reference = 4000     # FID/KID on the points themselves (no feature network for 2-D data)
+  evaluate.stats_dir = ''
+  evaluate.num_splits = 10
+  evaluate.num_bootstrap = 10
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'gmm'  # see score_sde.toy.TOY_DISTRIBUTIONS

@@ -1,0 +1,244 @@
+"""--mode eval: FID, KID and Inception Score of samples, and bpd of held-out data, over a run's checkpoints.
+
+Work is done in rounds (one sampling batch, or one bpd batch of one dequantization repeat), and each
+finished round is kept in <workdir>/<eval_folder>/ckpt_<step>/, so a killed evaluation resumes without
+redoing any. Results go to <workdir>/<eval_folder>/eval_results.json:
+  {'checkpoints': {'<step>': {'fid': {'mean', 'stderr'}, 'kid': ..., 'inception_score': ..., 'bpd': ..., 'nfe', ...}}}
+"""
+import json
+import math
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from score_sde import checkpoints, datasets, evaluation, likelihood, models, sde_lib, train
+
+RESULTS_FILE = 'eval_results.json'
+
+
+class EvalError(ValueError):
+  """An evaluation that cannot start: no checkpoint in range, or no feature network."""
+
+
+# --- feature networks -------------------------------------------------------------------------------------------
+
+def _inception(config):
+  from score_sde import inception
+  return inception.get_feature_fn(inception.load_inception(config.eval.inception_weights))
+
+
+def _digits_classifier(config):
+  from score_sde import digits_classifier
+  return digits_classifier.get_feature_fn()
+
+
+FEATURE_EXTRACTORS = {'inception': _inception, 'digits_classifier': _digits_classifier}
+
+
+def feature_extractor_name(config, dataset):
+  """'identity' for toy points (the points are their own features), else config.eval.feature_extractor."""
+  if not dataset.is_image:
+    return 'identity'
+  name = config.eval.get('feature_extractor', 'inception')
+  if name not in FEATURE_EXTRACTORS:
+    raise EvalError(f'Unknown eval.feature_extractor {name!r}; known: {sorted(FEATURE_EXTRACTORS)}.')
+  return name
+
+
+def get_feature_fn(config, name):
+  """images in [0, 1] (or toy points) → (features (n, d), logits (n, k) or None)."""
+  if name == 'identity':
+    return lambda x: (np.asarray(x, np.float64), None)
+  try:
+    return FEATURE_EXTRACTORS[name](config)
+  except FileNotFoundError as error:
+    raise EvalError(str(error)) from None
+
+
+def quantize(images):
+  """Samples as the 8-bit images a user would save: the metrics see exactly those (as the official code does)."""
+  return np.clip(np.asarray(images) * 255. + 0.5, 0, 255).astype(np.uint8)
+
+
+def reference_features(config, dataset, name, feature_fn):
+  """Features of the training data, computed once and cached under eval.stats_dir."""
+  num = int(config.eval.get('num_reference', 50000))
+  key = '_'.join([config.data.dataset.replace('/', '-'), str(config.data.get('image_size', 0)),
+                  str(config.data.get('num_test', '')),
+                  os.path.basename(os.path.normpath(config.data.get('image_folder', '') or 'x')), name, str(num)])
+  stats_dir = config.eval.get('stats_dir', '') or os.path.join(os.path.expanduser('~'), '.cache', 'score_sde',
+                                                                'stats')
+  path = os.path.join(stats_dir, f'{key}.npz')
+  if os.path.exists(path):
+    with np.load(path) as cached:
+      return cached['features']
+  feats, count = [], 0
+  for batch in dataset.reference_batches():
+    images = batch['image'][:num - count]
+    feats.append(feature_fn(quantize(images) / 255. if dataset.is_image else images)[0])
+    count += len(images)
+    if count >= num:
+      break
+  feats = np.concatenate(feats).astype(np.float32)
+  _atomic_savez(path, features=feats)
+  logging.info('Reference features of %d examples cached in %s', len(feats), path)
+  return feats
+
+
+# --- metrics with standard errors ---------------------------------------------------------------------------------
+
+def _mean_stderr(values):
+  values = np.asarray(values, np.float64)
+  stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float('nan')
+  return {'mean': float(values.mean()), 'stderr': float(stderr)}
+
+
+def sample_metrics(features, logits, reference, num_splits=10, num_bootstrap=10, seed=0):
+  """FID on all samples (stderr by bootstrap over the samples); KID and IS as mean ± stderr over
+  num_splits disjoint parts of the samples (KID against an equally large random part of the reference)."""
+  rng = np.random.default_rng(seed)
+  fid = evaluation.fid_from_features(features, reference)
+  boot = [evaluation.fid_from_features(features[rng.integers(0, len(features), len(features))], reference)
+          for _ in range(num_bootstrap)]
+  parts = np.array_split(np.arange(len(features)), min(num_splits, len(features) // 2))
+  kid = [evaluation.kid_from_features(features[p], reference[rng.choice(len(reference), len(p), replace=False)])
+         for p in parts]
+  result = {'fid': {'mean': fid, 'stderr': float(np.std(boot, ddof=1)) if num_bootstrap > 1 else float('nan')},
+            'kid': _mean_stderr(kid)}
+  if logits is not None:
+    result['inception_score'] = _mean_stderr([evaluation.inception_score_from_logits(logits[p], splits=1)
+                                              for p in parts])
+  return result
+
+
+# --- rounds on disk -----------------------------------------------------------------------------------------------
+
+def _atomic_savez(path, **arrays):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'wb') as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def _load_or_run(path, compute):
+  """A round's arrays: from disk if a previous run finished it, else computed now and saved."""
+  if os.path.exists(path):
+    with np.load(path) as done:
+      return {k: done[k] for k in done.files}, False
+  arrays = compute()
+  _atomic_savez(path, **arrays)
+  return arrays, True
+
+
+def checkpoint_steps(config, workdir):
+  """Permanent checkpoints whose index ⌈step / snapshot_freq⌉ lies in [eval.begin_ckpt, eval.end_ckpt]."""
+  folder = os.path.join(workdir, checkpoints.PERMANENT_DIR)
+  steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+  freq = config.training.snapshot_freq
+  chosen = [s for s in steps if config.eval.begin_ckpt <= -(-s // freq) <= config.eval.end_ckpt]
+  if not chosen:
+    raise EvalError(f'no permanent checkpoint in {workdir} with index (step / training.snapshot_freq={freq}) in '
+                    f'[eval.begin_ckpt={config.eval.begin_ckpt}, eval.end_ckpt={config.eval.end_ckpt}]; saved steps: '
+                    f'{steps}. Set --config.eval.begin_ckpt/--config.eval.end_ckpt.')
+  return chosen
+
+
+def evaluate(config, workdir, eval_folder='eval'):
+  ec = config.eval
+  folder = os.path.join(workdir, eval_folder)
+  results_path = os.path.join(folder, RESULTS_FILE)
+  steps = checkpoint_steps(config, workdir)
+  dataset = datasets.get_dataset(config)
+  sde, model = sde_lib.get_sde(config), models.get_model(config)
+  name = feature_extractor_name(config, dataset) if ec.enable_sampling else None
+  feature_fn = get_feature_fn(config, name) if ec.enable_sampling else None
+  results = {'checkpoints': {}}
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+
+  sampler = likelihood_fn = None
+  for step in steps:
+    state = checkpoints.restore_step(workdir, step, train.abstract_train_state(config))
+    round_dir = os.path.join(folder, f'ckpt_{step}')
+    entry = {'step': step}
+    if ec.enable_sampling:
+      if sampler is None:
+        sampler, score_of = train.get_sampler_and_score(config, sde, model, ec.batch_size)
+      entry.update(_sample_rounds(config, dataset, state, sampler, score_of, feature_fn, name, round_dir, step))
+    if ec.enable_bpd:
+      if likelihood_fn is None:
+        likelihood_fn = _likelihood_fn(config, sde, dataset)
+      entry.update(_bpd_rounds(config, dataset, state, sde, model, likelihood_fn, round_dir))
+    results['checkpoints'][str(step)] = entry
+    _atomic_write_json(results_path, results)
+    logging.info('Checkpoint %d: %s', step, json.dumps({k: v for k, v in entry.items() if k != 'step'}))
+  return results
+
+
+def _sample_rounds(config, dataset, state, sampler, score_of, feature_fn, name, round_dir, step):
+  ec = config.eval
+  score_fn = score_of(state.params_ema)
+  num_rounds = -(-ec.num_samples // ec.batch_size)
+  feats, logits, nfes, fresh = [], [], [], 0
+  for r in range(num_rounds):
+    def draw():
+      samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), r),
+                             score_fn)
+      samples = quantize(samples) if dataset.is_image else np.asarray(samples, np.float32)
+      f, lg = feature_fn(samples / 255. if dataset.is_image else samples)
+      out = {'samples': samples, 'features': f, 'nfe': np.asarray(int(nfe))}
+      return out if lg is None else {**out, 'logits': lg}
+    done, new = _load_or_run(os.path.join(round_dir, f'samples_{r}.npz'), draw)
+    fresh += new
+    feats.append(done['features'])
+    logits.append(done.get('logits'))
+    nfes.append(int(done['nfe']))
+  logging.info('Checkpoint %d: %d sampling rounds, %d of them run now.', step, num_rounds, fresh)
+  feats = np.concatenate(feats)[:ec.num_samples].astype(np.float64)
+  logits = None if logits[0] is None else np.concatenate(logits)[:ec.num_samples]
+  reference = reference_features(config, dataset, name, feature_fn).astype(np.float64)
+  metrics = sample_metrics(feats, logits, reference, num_splits=ec.get('num_splits', 10),
+                           num_bootstrap=ec.get('num_bootstrap', 10), seed=config.seed)
+  return {**metrics, 'nfe': float(np.mean(nfes)), 'num_samples': len(feats), 'num_reference': len(reference),
+          'feature_extractor': name, 'sampling_rounds_run_now': fresh}
+
+
+def _likelihood_fn(config, sde, dataset):
+  inverse_scaler = datasets.get_data_inverse_scaler(config) if dataset.is_image else None
+  return likelihood.get_likelihood_fn(sde, inverse_scaler, num_levels=dataset.num_levels,
+                                      sharding=train.batch_sharding(), rtol=config.eval.get('likelihood_rtol', 1e-5),
+                                      atol=config.eval.get('likelihood_atol', 1e-5))
+
+
+def _bpd_rounds(config, dataset, state, sde, model, likelihood_fn, round_dir):
+  """bpd of the held-out split, eval.bpd_num_repeats times with fresh dequantization noise."""
+  score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
+  scaler, levels = datasets.get_data_scaler(config), dataset.num_levels
+  repeats, fresh = [], 0
+  for repeat in range(config.eval.get('bpd_num_repeats', 1)):
+    values = []
+    for i, batch in enumerate(dataset.eval_batches()):
+      def compute():
+        images = batch['image']
+        if dataset.is_image and config.data.uniform_dequantization:
+          images = datasets.uniform_dequantize(images, np.random.default_rng([config.seed, repeat, i]), levels)
+        rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), repeat), i)
+        return {'bpd': np.asarray(likelihood_fn(rng, score_fn, scaler(images))[0])}
+      done, new = _load_or_run(os.path.join(round_dir, f'bpd_{repeat}_{i}.npz'), compute)
+      fresh += new
+      values.append(done['bpd'])
+    repeats.append(np.concatenate(values))
+  per_example = np.mean(repeats, axis=0)  # the repeats of one image are not independent: average them first
+  return {'bpd': _mean_stderr(per_example), 'bpd_num_examples': len(per_example), 'bpd_num_repeats': len(repeats),
+          'bpd_rounds_run_now': fresh}
+
+
+def _atomic_write_json(path, data):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, path)
