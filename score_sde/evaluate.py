@@ -5,6 +5,7 @@ finished round is kept in <workdir>/<eval_folder>/ckpt_<step>/, so a killed eval
 redoing any. Results go to <workdir>/<eval_folder>/eval_results.json:
   {'checkpoints': {'<step>': {'fid': {'mean', 'stderr'}, 'kid': ..., 'inception_score': ..., 'bpd': ..., 'nfe', ...}}}
 """
+import functools
 import json
 import math
 import os
@@ -184,15 +185,17 @@ def _sample_rounds(config, dataset, state, sampler, score_of, feature_fn, name, 
   score_fn = score_of(state.params_ema)
   num_rounds = -(-ec.num_samples // ec.batch_size)
   feats, logits, nfes, fresh = [], [], [], 0
+
+  def draw(r):
+    samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), r),
+                           score_fn)
+    samples = quantize(samples) if dataset.is_image else np.asarray(samples, np.float32)
+    f, lg = feature_fn(samples / 255. if dataset.is_image else samples)
+    out = {'samples': samples, 'features': f, 'nfe': np.asarray(int(nfe))}
+    return out if lg is None else {**out, 'logits': lg}
+
   for r in range(num_rounds):
-    def draw():
-      samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), r),
-                             score_fn)
-      samples = quantize(samples) if dataset.is_image else np.asarray(samples, np.float32)
-      f, lg = feature_fn(samples / 255. if dataset.is_image else samples)
-      out = {'samples': samples, 'features': f, 'nfe': np.asarray(int(nfe))}
-      return out if lg is None else {**out, 'logits': lg}
-    done, new = _load_or_run(os.path.join(round_dir, f'samples_{r}.npz'), draw)
+    done, new = _load_or_run(os.path.join(round_dir, f'samples_{r}.npz'), functools.partial(draw, r))
     fresh += new
     feats.append(done['features'])
     logits.append(done.get('logits'))
@@ -215,26 +218,31 @@ def _likelihood_fn(config, sde, dataset):
 
 
 def _bpd_rounds(config, dataset, state, sde, model, likelihood_fn, round_dir):
-  """bpd of the held-out split, eval.bpd_num_repeats times with fresh dequantization noise."""
+  """bpd of the held-out split (or the training split, with eval.bpd_dataset='train'), eval.bpd_num_repeats
+  times with fresh dequantization noise."""
   score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
   scaler, levels = datasets.get_data_scaler(config), dataset.num_levels
   repeats, fresh = [], 0
+
+  def compute(repeat, i, images):
+    if dataset.is_image and config.data.uniform_dequantization:
+      images = datasets.uniform_dequantize(images, np.random.default_rng([config.seed, repeat, i]), levels)
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), repeat), i)
+    return {'bpd': np.asarray(likelihood_fn(rng, score_fn, scaler(images))[0])}
+
+  split = config.eval.get('bpd_dataset', 'test')
+  batches = dataset.reference_batches if split == 'train' else dataset.eval_batches  # the official bpd_dataset
   for repeat in range(config.eval.get('bpd_num_repeats', 1)):
     values = []
-    for i, batch in enumerate(dataset.eval_batches()):
-      def compute():
-        images = batch['image']
-        if dataset.is_image and config.data.uniform_dequantization:
-          images = datasets.uniform_dequantize(images, np.random.default_rng([config.seed, repeat, i]), levels)
-        rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), repeat), i)
-        return {'bpd': np.asarray(likelihood_fn(rng, score_fn, scaler(images))[0])}
-      done, new = _load_or_run(os.path.join(round_dir, f'bpd_{repeat}_{i}.npz'), compute)
+    for i, batch in enumerate(b for b in batches() if len(b['image']) == config.eval.batch_size):
+      done, new = _load_or_run(os.path.join(round_dir, f'bpd_{repeat}_{i}.npz'),
+                               functools.partial(compute, repeat, i, batch['image']))
       fresh += new
       values.append(done['bpd'])
     repeats.append(np.concatenate(values))
   per_example = np.mean(repeats, axis=0)  # the repeats of one image are not independent: average them first
   return {'bpd': _mean_stderr(per_example), 'bpd_num_examples': len(per_example), 'bpd_num_repeats': len(repeats),
-          'bpd_rounds_run_now': fresh}
+          'bpd_dataset': split, 'bpd_rounds_run_now': fresh}
 
 
 def _atomic_write_json(path, data):

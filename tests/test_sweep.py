@@ -118,7 +118,7 @@ def test_print_commands_are_runnable_shell(capsys, tmp_path):
   assert len(lines) == 3
   words = shlex.split(lines[0])
   runs = ' '.join(words[3:]).split(' && ')
-  assert [r.split('--mode ')[1].split()[0] for r in runs] == ['train', 'likelihood']
+  assert [r.split('--mode ')[1].split()[0] for r in runs] == ['train', 'eval']
   assert all(f'--workdir {out}/sde-vesde' in r and '--config.training.sde=vesde' in r for r in runs)
 
 
