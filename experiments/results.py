@@ -141,6 +141,8 @@ def plot(path, rows, x, y, series=None, title='', logx=False):
     ax.set_xticks(range(len(xs)), [str(v) for v in xs])
   if logx and numeric:
     ax.set_xscale('log')
+    ax.set_xticks(xs, [str(v) for v in xs])  # the grid's own values, not powers of ten
+    ax.minorticks_off()
   if series and done:
     ax.legend()
   if not done:

@@ -44,7 +44,8 @@ class Dataset:
   eval_batches: Callable             # () -> iterator over whole held-out batches, in a fixed order
   is_image: bool = True
   num_levels: int = 256              # grey levels of the stored images (bpd counts bits of these)
-  reference_batches: Callable = None  # () -> the training split in a fixed order, unaugmented (FID statistics)
+  reference_batches: Callable = None  # () -> the training split in a fixed order, unaugmented (FID statistics);
+                                      # the held-out split where there is no fixed training set (toy data)
 
   def __post_init__(self):
     if self.reference_batches is None:
@@ -90,6 +91,9 @@ def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=Fa
   n = len(train)
   if batch_size > n:
     raise DatasetError(f'training.batch_size={batch_size} is larger than the training set ({n} examples).')
+  if eval_batch_size > len(test):
+    raise DatasetError(f'eval.batch_size={eval_batch_size} is larger than the held-out split ({len(test)} '
+                       'examples); lower it.')
 
   def train_batch(step):
     start = step * batch_size
@@ -186,6 +190,8 @@ def _tfds_load(config, name, split, **kwargs):
     raise DatasetError(f'dataset {name!r} is not prepared in {where}: fetch it once with --config.data.download=True '
                        f'(needs network), or point --config.data.data_dir at a directory that has it '
                        f'({type(error).__name__}).') from None
+  except ValueError as error:  # e.g. an LSUN category tfds does not know
+    raise DatasetError(f'tensorflow-datasets cannot load {name!r}: {str(error).splitlines()[0]}') from None
   finally:
     absl_logger.setLevel(level)
 
@@ -249,9 +255,10 @@ def _tfds_in_memory(config, name):
   if arrays[0].shape[-1] != channels:
     raise DatasetError(f'{name} has {arrays[0].shape[-1]} channel(s); set --config.data.num_channels='
                        f'{arrays[0].shape[-1]}.')
-  if arrays[0].shape[1:3] != (size, size):
-    tf, preprocess = _tf(), _preprocess(name, size)
-    arrays = [tf.map_fn(preprocess, a, fn_output_signature=tf.float32).numpy() for a in arrays]
+  if arrays[0].shape[1:3] != (size, size):  # the official float resize, a chunk of images at a time
+    tf = _tf()
+    arrays = [np.concatenate([_resize(tf, tf.image.convert_image_dtype(a[i:i + 5000], tf.float32), size).numpy()
+                              for i in range(0, len(a), 5000)]) for a in arrays]
   train, test = arrays
   return array_dataset(train, test, config.training.batch_size, config.eval.batch_size, config.seed,
                        config.data.random_flip, config.data.uniform_dequantization, levels=256)
@@ -260,7 +267,7 @@ def _tfds_in_memory(config, name):
 def _stream(config, name, records, decode):
   """A streamed image set. records(split, for_training) → tf.data of encoded examples (this host's
   share when for_training); decode(record) → uint8 HWC. Training order: each epoch shuffled with the run's
-  seed, then skip to the resume step before decoding, so a resumed run reads the same batches."""
+  seed; a resume skips to its step before decoding, so it reads the batches an uninterrupted run would."""
   tf = _tf()
   size, seed = config.data.image_size, config.seed
   preprocess = _preprocess(name, size)
@@ -273,8 +280,15 @@ def _stream(config, name, records, decode):
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   def train_batches(start_step):
-    ds = records(train_split, True).shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = prepared(ds.skip(start_step * local_batch), local_batch)
+    source, skip = records(train_split, True), start_step * local_batch
+    per_epoch = int(source.cardinality())  # known for tfds splits and image folders, not for TFRecords
+    if per_epoch > 0:  # epoch e is shuffled with seed (seed, e): a resume reads only the rest of its epoch
+      first_epoch, skip = divmod(skip, per_epoch)
+      ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
+          lambda epoch: source.shuffle(SHUFFLE_BUFFER, seed=seed * 1_000_003 + epoch))
+    else:
+      ds = source.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = prepared(ds.skip(skip), local_batch)
     for step, images in enumerate(ds.as_numpy_iterator(), start_step):
       rng = np.random.default_rng([seed, 1, step, jax.process_index()])
       yield {'image': augment(images, rng, config.data.random_flip, dequantize)}

@@ -6,6 +6,7 @@ redoing any. Results go to <workdir>/<eval_folder>/eval_results.json:
   {'checkpoints': {'<step>': {'fid': {'mean', 'stderr'}, 'kid': ..., 'inception_score': ..., 'bpd': ..., 'nfe', ...}}}
 """
 import functools
+import hashlib
 import json
 import math
 import os
@@ -54,24 +55,31 @@ def get_feature_fn(config, name):
     return lambda x: (np.asarray(x, np.float64), None)
   try:
     return FEATURE_EXTRACTORS[name](config)
-  except FileNotFoundError as error:
-    raise EvalError(str(error)) from None
+  except (OSError, ValueError) as error:  # a missing, corrupt or wrong weights file
+    raise EvalError(f'cannot load the {name} weights: {str(error).splitlines()[0]}') from None
 
 
 def quantize(images):
-  """Samples as the 8-bit images a user would save: the metrics see exactly those (as the official code does)."""
-  return np.clip(np.asarray(images) * 255. + 0.5, 0, 255).astype(np.uint8)
+  """Samples as 8-bit images, truncated as the official code does: the metrics see exactly these."""
+  return np.clip(np.asarray(images) * 255., 0, 255).astype(np.uint8)
 
 
 def reference_features(config, dataset, name, feature_fn):
-  """Features of the training data, computed once and cached under eval.stats_dir."""
+  """Features of the training data (the test points for toy data), computed once and cached under eval.stats_dir,
+  in a file named by a hash of everything that decides them."""
   num = int(config.eval.get('num_reference', 50000))
-  key = '_'.join([config.data.dataset.replace('/', '-'), str(config.data.get('image_size', 0)),
-                  str(config.data.get('num_test', '')),
-                  os.path.basename(os.path.normpath(config.data.get('image_folder', '') or 'x')), name, str(num)])
+  data = config.data
+  identity = {'dataset': data.dataset, 'category': data.get('category', ''), 'image_size': data.get('image_size'),
+              'num_channels': data.get('num_channels'), 'num_test': data.get('num_test'),
+              'data_dir': os.path.abspath(data.data_dir) if data.get('data_dir') else '',
+              'image_folder': os.path.abspath(data.image_folder) if data.get('image_folder') else '',
+              'tfrecords_path': os.path.abspath(data.tfrecords_path) if data.get('tfrecords_path') else '',
+              'seed': config.seed if not dataset.is_image else None, 'features': name, 'num_reference': num,
+              'inception_weights': (os.path.abspath(config.eval.inception_weights) if name == 'inception' else '')}
+  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
   stats_dir = config.eval.get('stats_dir', '') or os.path.join(os.path.expanduser('~'), '.cache', 'score_sde',
                                                                 'stats')
-  path = os.path.join(stats_dir, f'{key}.npz')
+  path = os.path.join(stats_dir, f"{data.dataset.replace('/', '-')}_{name}_{digest}.npz")
   if os.path.exists(path):
     with np.load(path) as cached:
       return cached['features']
@@ -83,7 +91,7 @@ def reference_features(config, dataset, name, feature_fn):
     if count >= num:
       break
   feats = np.concatenate(feats).astype(np.float32)
-  _atomic_savez(path, features=feats)
+  _atomic_savez(path, features=feats, identity=json.dumps(identity, sort_keys=True))
   logging.info('Reference features of %d examples cached in %s', len(feats), path)
   return feats
 
@@ -104,7 +112,8 @@ def sample_metrics(features, logits, reference, num_splits=10, num_bootstrap=10,
   boot = [evaluation.fid_from_features(features[rng.integers(0, len(features), len(features))], reference)
           for _ in range(num_bootstrap)]
   parts = np.array_split(np.arange(len(features)), min(num_splits, len(features) // 2))
-  kid = [evaluation.kid_from_features(features[p], reference[rng.choice(len(reference), len(p), replace=False)])
+  short = len(reference) < len(parts[0])
+  kid = [evaluation.kid_from_features(features[p], reference[rng.choice(len(reference), len(p), replace=short)])
          for p in parts]
   result = {'fid': {'mean': fid, 'stderr': float(np.std(boot, ddof=1)) if num_bootstrap > 1 else float('nan')},
             'kid': _mean_stderr(kid)}
@@ -118,7 +127,7 @@ def sample_metrics(features, logits, reference, num_splits=10, num_bootstrap=10,
 
 def _atomic_savez(path, **arrays):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
+  tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'wb') as f:
     np.savez(f, **arrays)
   os.replace(tmp, path)
@@ -132,6 +141,28 @@ def _load_or_run(path, compute):
   arrays = compute()
   _atomic_savez(path, **arrays)
   return arrays, True
+
+
+def _check_settings(config, round_dir):
+  """Finished rounds are reused only under the settings that made them; anything else is refused."""
+  settings = {'sampling': config.sampling.to_dict(), 'num_scales': config.model.num_scales, 'seed': config.seed,
+              'sde': config.training.sde, 'batch_size': config.eval.batch_size,
+              'likelihood_tolerances': [config.eval.get('likelihood_rtol', 1e-5),
+                                        config.eval.get('likelihood_atol', 1e-5)],
+              'feature_extractor': config.eval.get('feature_extractor', ''),
+              'inception_weights': config.eval.get('inception_weights', ''), 'bpd_dataset': config.eval.bpd_dataset}
+  settings = json.loads(json.dumps(settings))  # tuples → lists, as they read back
+  path = os.path.join(round_dir, 'settings.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != settings:
+      changed = sorted(k for k in settings if saved.get(k) != settings[k])
+      raise EvalError(f'{round_dir} holds rounds made with other settings ({", ".join(changed)}); use another '
+                      '--eval_folder, or delete that folder to start over.')
+  else:
+    os.makedirs(round_dir, exist_ok=True)
+    _atomic_write_json(path, settings)
 
 
 def checkpoint_steps(config, workdir):
@@ -163,7 +194,12 @@ def evaluate(config, workdir, eval_folder='eval'):
 
   sampler = likelihood_fn = None
   for step in steps:
-    state = checkpoints.restore_step(workdir, step, train.abstract_train_state(config))
+    try:
+      state = checkpoints.restore_step(workdir, step, train.abstract_train_state(config))
+    except Exception as error:  # orbax raises many kinds when the saved tree does not fit
+      raise EvalError(f'checkpoint {step} in {workdir} does not restore into the state this config builds (a '
+                      f'changed model?): {str(error).splitlines()[0][:200]}') from None
+    _check_settings(config, os.path.join(folder, f'ckpt_{step}'))
     round_dir = os.path.join(folder, f'ckpt_{step}')
     entry = {'step': step}
     if ec.enable_sampling:
@@ -225,7 +261,7 @@ def _bpd_rounds(config, dataset, state, sde, model, likelihood_fn, round_dir):
   repeats, fresh = [], 0
 
   def compute(repeat, i, images):
-    if dataset.is_image and config.data.uniform_dequantization:
+    if dataset.is_image:  # bpd is a density of dequantized images, whatever training did (as officially)
       images = datasets.uniform_dequantize(images, np.random.default_rng([config.seed, repeat, i]), levels)
     rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), repeat), i)
     return {'bpd': np.asarray(likelihood_fn(rng, score_fn, scaler(images))[0])}
@@ -246,7 +282,7 @@ def _bpd_rounds(config, dataset, state, sde, model, likelihood_fn, round_dir):
 
 
 def _atomic_write_json(path, data):
-  tmp = path + '.tmp'
+  tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump(data, f, indent=2)
   os.replace(tmp, path)

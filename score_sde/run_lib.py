@@ -60,7 +60,7 @@ def bits_per_dim(config, workdir):
   values = []
   for i, batch in enumerate(dataset.eval_batches()):
     images = batch['image']
-    if dataset.is_image and config.data.uniform_dequantization:
+    if dataset.is_image:  # bpd is a density of dequantized images, whatever training did (as officially)
       images = datasets.uniform_dequantize(images, np.random.default_rng([config.seed, i]), levels)
     bpd, _, _ = likelihood_fn(jax.random.fold_in(rng, i), score_fn, scaler(images))
     values.append(np.asarray(bpd))

@@ -63,11 +63,19 @@ def _check_eval(config):
   ec = config.eval
   _require(ec.enable_sampling or ec.enable_bpd, 'eval.enable_sampling and eval.enable_bpd are both False; '
            'nothing to evaluate.')
+  _require(ec.get('bpd_dataset', 'test') in ('test', 'train'),
+           f"eval.bpd_dataset={ec.bpd_dataset!r}; use 'test' (the held-out split) or 'train'.")
+  _require(not ec.enable_sampling or ec.num_samples >= 2 * ec.get('num_splits', 1),
+           f'eval.num_samples={ec.num_samples} is too few for FID/KID/IS over eval.num_splits='
+           f"{ec.get('num_splits', 1)} parts; use at least twice as many.")
   if not ec.enable_sampling or config.data.dataset in toy.TOY_DISTRIBUTIONS:
     return
   name = ec.get('feature_extractor', 'inception')
   _require(name in evaluate.FEATURE_EXTRACTORS,
            f'Unknown eval.feature_extractor {name!r}; known: {sorted(evaluate.FEATURE_EXTRACTORS)}.')
+  _require(name != 'digits_classifier' or config.data.num_channels == 1,
+           'eval.feature_extractor=digits_classifier reads 1-channel digit images; use inception for '
+           f'{config.data.num_channels}-channel data.')
   if name == 'inception':
     from score_sde import inception
     path = ec.get('inception_weights', '')

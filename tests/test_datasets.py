@@ -159,3 +159,14 @@ def test_a_missing_tfds_dataset_is_one_line_and_exit_2_from_the_cli(tmp_path):
   assert len(err.strip().splitlines()) == 1 and 'cifar10' in err and 'data_dir' in err, err
   assert not workdir.exists()
   assert elapsed < 60, elapsed  # imports included; the failure itself is timed in-process above
+
+
+def test_uniform_dequantization_is_the_official_formula():
+  """Official: (u + 255 x) / 256 for 8-bit images; with 17 grey levels, (16 x + u) / 17."""
+  x = np.random.default_rng(3).integers(0, 256, (5, 4, 4, 3)).astype(np.float32) / 255
+  ours = datasets.uniform_dequantize(x, np.random.default_rng(7), 256)
+  u = np.random.default_rng(7).random(x.shape, dtype=np.float32)
+  np.testing.assert_allclose(ours, (u + 255 * x) / 256, atol=1e-6)
+  digits = np.random.default_rng(4).integers(0, 17, (50,)).astype(np.float32) / 16
+  spread = datasets.uniform_dequantize(digits, np.random.default_rng(8), 17)
+  assert np.all(np.floor(spread * 17) == np.round(digits * 16))  # each level stays in its own bin

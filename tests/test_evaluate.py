@@ -75,6 +75,25 @@ def test_eval_killed_mid_way_resumes_without_redoing_rounds(untrained_run):
   assert result['fid']['mean'] > 50 and 4.5 < result['bpd']['mean'] < 40
 
 
+def test_rounds_made_with_other_settings_are_refused(untrained_run):
+  """Run after the resume test: its rounds were made with num_scales=20; 30 would mix two samplers."""
+  if not (untrained_run / 'eval' / 'ckpt_10' / 'settings.json').exists():
+    pytest.skip('needs the rounds of test_eval_killed_mid_way_resumes_without_redoing_rounds')
+  code, _, err = finish(run_cli(untrained_run, '--mode=eval', f'--config.eval.stats_dir={untrained_run / "stats"}',
+                                *TINY, '--config.model.num_scales=30', config=QUICKSTART), timeout=120)
+  assert code == 2 and len(err.strip().splitlines()) == 1 and 'num_scales' in err and '--eval_folder' in err, err
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.data.num_channels=3', 'digits_classifier reads 1-channel'),
+    ('--config.eval.bpd_dataset=validation', 'bpd_dataset'),
+    ('--config.eval.num_samples=4', 'too few'),
+])
+def test_bad_eval_settings_exit_2_before_any_work(untrained_run, override, message):
+  code, _, err = finish(run_cli(untrained_run, '--mode=eval', *TINY, override, config=QUICKSTART), timeout=120)
+  assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
 def test_missing_inception_weights_exit_2_with_where_to_get_them(tmp_path, untrained_run):
   code, _, err = finish(run_cli(untrained_run, '--mode=eval', '--config.eval.feature_extractor=inception',
                                 f'--config.eval.inception_weights={tmp_path / "none.npz"}', *TINY,
@@ -90,8 +109,8 @@ def test_a_checkpoint_range_with_no_checkpoint_is_one_line(untrained_run):
 
 
 def test_sample_metrics_on_gaussians_match_the_closed_forms():
-  """Features ~ N(μ, I) against N(0, I): FID → ‖μ‖², KID → (‖μ‖²/d)³-free polynomial MMD > 0, IS of
-  one-hot-confident uniform-class logits → number of classes."""
+  """Features ~ N(μ, I) against N(0, I): FID → ‖μ‖² (equal covariances), KID → about 0 for μ = 0 and > 0
+  otherwise; confident logits spread evenly over 10 classes → IS = 10."""
   rng = np.random.default_rng(0)
   d, n = 4, 4000
   shift = np.array([1., 0.5, 0., 0.])

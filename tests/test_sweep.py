@@ -60,12 +60,12 @@ def fake_run(tmp_path, monkeypatch):
 def test_grid_expansion_names_and_overrides():
   s = sweep.load_sweep(SWEEPS / 'quickstart_sampler.py')
   trials = sweep.expand(s)
-  assert [name for name, _ in trials] == ['snr-0.08_num_scales-100', 'snr-0.08_num_scales-250',
-                                          'snr-0.16_num_scales-100', 'snr-0.16_num_scales-250']
-  assert trials[1][1] == {'sampling.snr': 0.08, 'model.num_scales': 250}
+  assert [name for name, _ in trials] == [f'snr-{snr}_num_scales-{n}' for snr in ('0.08', '0.16')
+                                          for n in (25, 100, 250)]
+  assert trials[2][1] == {'sampling.snr': 0.08, 'model.num_scales': 250}
   flags = sweep.override_flags(s, trials[0][1])
   assert '--config.eval.enable_bpd=False' in flags and '--config.sampling.corrector=langevin' in flags
-  assert flags[-2:] == ['--config.sampling.snr=0.08', '--config.model.num_scales=100']
+  assert flags[-2:] == ['--config.sampling.snr=0.08', '--config.model.num_scales=25']
 
   toy = sweep.load_sweep(SWEEPS / 'toy_sdes.py')
   by_name = dict(sweep.expand(toy))
@@ -101,8 +101,8 @@ def test_print_commands_are_runnable_shell(capsys, tmp_path):
   assert sweep.main(['--sweep', str(SWEEPS / 'quickstart_sampler.py'), '--print_commands', '--out', str(out),
                      '--config.eval.batch_size=32']) == 0
   lines = capsys.readouterr().out.strip().splitlines()
-  assert len(lines) == 4
-  for line, snr, steps in zip(lines, ['0.08', '0.08', '0.16', '0.16'], ['100', '250', '100', '250']):
+  assert len(lines) == 6
+  for line, snr, steps in zip(lines, ['0.08'] * 3 + ['0.16'] * 3, ['25', '100', '250'] * 2):
     words = shlex.split(line)
     assert words[:3] == ['cd', str(REPO), '&&'] and '&&' not in words[3:]
     argv = words[3:]

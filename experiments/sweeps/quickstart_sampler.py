@@ -14,7 +14,7 @@ def get_sweep():
       'modes': ['eval'],
       'grid': {
           'sampling.snr': [0.08, 0.16],
-          'model.num_scales': [100, 250],  # sampling steps: the SDE's discretisation N
+          'model.num_scales': [25, 100, 250],  # sampling steps: the SDE's discretisation N
       },
       'overrides': {
           'sampling.method': 'pc',
@@ -26,5 +26,5 @@ def get_sweep():
           'eval.num_samples': 256,
       },
       'metrics': ['fid', 'kid', 'nfe'],
-      'plot': {'x': 'model.num_scales', 'series': 'sampling.snr', 'y': 'fid'},
+      'plot': {'x': 'model.num_scales', 'series': 'sampling.snr', 'y': 'fid', 'logx': True},
   }
