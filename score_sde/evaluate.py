@@ -1,9 +1,9 @@
-"""--mode eval: FID, KID and Inception Score of samples, and bpd of held-out data, over a run's checkpoints.
+"""--mode eval: FID, KID and Inception Score of samples, and bpd and loss of held-out data, over checkpoints.
 
 Work is done in rounds (one sampling batch, or one bpd batch of one dequantization repeat), and each
 finished round is kept in <workdir>/<eval_folder>/ckpt_<step>/, so a killed evaluation resumes without
 redoing any. Results go to <workdir>/<eval_folder>/eval_results.json:
-  {'checkpoints': {'<step>': {'fid': {'mean', 'stderr'}, 'kid': ..., 'inception_score': ..., 'bpd': ..., 'nfe', ...}}}
+  {'checkpoints': {'<step>': {'fid': {'mean', 'stderr'}, 'kid', 'inception_score', 'bpd', 'loss': ..., 'nfe', ...}}}
 """
 import functools
 import hashlib
@@ -15,7 +15,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from score_sde import checkpoints, datasets, evaluation, likelihood, models, sde_lib, train
+from score_sde import checkpoints, datasets, evaluation, likelihood, losses, models, sde_lib, train
 
 RESULTS_FILE = 'eval_results.json'
 
@@ -206,6 +206,8 @@ def evaluate(config, workdir, eval_folder='eval'):
       if sampler is None:
         sampler, score_of = train.get_sampler_and_score(config, sde, model, ec.batch_size)
       entry.update(_sample_rounds(config, dataset, state, sampler, score_of, feature_fn, name, round_dir, step))
+    if ec.get('enable_loss', False):
+      entry.update(_loss_rounds(config, dataset, state, sde, model, round_dir))
     if ec.enable_bpd:
       if likelihood_fn is None:
         likelihood_fn = _likelihood_fn(config, sde, dataset)
@@ -244,6 +246,23 @@ def _sample_rounds(config, dataset, state, sampler, score_of, feature_fn, name, 
                            num_bootstrap=ec.get('num_bootstrap', 10), seed=config.seed)
   return {**metrics, 'nfe': float(np.mean(nfes)), 'num_samples': len(feats), 'num_reference': len(reference),
           'feature_extractor': name, 'sampling_rounds_run_now': fresh}
+
+
+def _loss_rounds(config, dataset, state, sde, model, round_dir):
+  """The training objective on the held-out split (the official eval.enable_loss), mean ± stderr over batches."""
+  tc = config.training
+  step = jax.jit(losses.get_step_fn(sde, model, train=False, reduce_mean=tc.reduce_mean, continuous=tc.continuous,
+                                    likelihood_weighting=tc.likelihood_weighting))
+  scaler = datasets.get_data_scaler(config)
+
+  def compute(i, images):
+    noise_state = state.replace(rng=jax.random.fold_in(jax.random.PRNGKey(config.seed + 3), i))
+    batch = {'image': train.global_batch(scaler(images[datasets.host_rows(len(images))]), train.batch_sharding())}
+    return {'loss': np.asarray(step(noise_state, batch)[1]['loss'])}
+
+  values = [_load_or_run(os.path.join(round_dir, f'loss_{i}.npz'), functools.partial(compute, i, batch['image']))[0]
+            ['loss'] for i, batch in enumerate(dataset.eval_batches())]
+  return {'loss': _mean_stderr(values)}
 
 
 def _likelihood_fn(config, sde, dataset):

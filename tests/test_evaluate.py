@@ -62,7 +62,7 @@ def test_eval_killed_mid_way_resumes_without_redoing_rounds(untrained_run):
   done_before = len([n for n in before if n.startswith('samples')])
   assert result['sampling_rounds_run_now'] == 4 - done_before
   assert result['bpd_rounds_run_now'] == 2 - len([n for n in before if n.startswith('bpd')])
-  for metric in ('fid', 'kid', 'inception_score', 'bpd'):
+  for metric in ('fid', 'kid', 'inception_score', 'bpd', 'loss'):
     assert np.isfinite(result[metric]['mean']) and np.isfinite(result[metric]['stderr']), (metric, result)
     assert result[metric]['stderr'] >= 0
   assert result['num_samples'] == 128 and result['nfe'] == 20 and result['feature_extractor'] == 'digits_classifier'

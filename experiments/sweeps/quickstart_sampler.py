@@ -23,6 +23,7 @@ def get_sweep():
           'sampling.n_steps_each': 1,
           'eval.enable_sampling': True,
           'eval.enable_bpd': False,
+          'eval.enable_loss': False,
           'eval.num_samples': 256,
       },
       'metrics': ['fid', 'kid', 'nfe'],
