@@ -1,16 +1,32 @@
 """FID Inception-v3: parameter names/shapes against pytorch-fid's, conversion conventions, a forward pass."""
+import functools
+import hashlib
+import importlib.util
 import os
 import pathlib
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from score_sde import inception
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+CONVERT = REPO / 'experiments' / 'convert_inception_weights.py'
+# A stand-in `torch` whose load() returns an .npz's arrays as tensor-like objects.
+FAKE_TORCH = """import numpy as np
+class T:
+  def __init__(self, a): self.a = a
+  def detach(self): return self
+  def cpu(self): return self
+  def numpy(self): return self.a
+def load(path, map_location=None, weights_only=False):
+  with np.load(path) as d: return {k: T(d[k]) for k in d.files}
+"""
 
 
 def _conv(name, cin, cout, k):
@@ -191,6 +207,76 @@ def test_pools_match_torch_semantics():
   assert inception.max_pool_3x3(np.zeros((1, 71, 71, 1)), stride=2).shape == (1, 35, 35, 1)
 
 
+def _np_pool_3x3(x, mode):
+  """NHWC numpy of torch F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) or F.max_pool2d(x, 3, 1, 1)."""
+  _, h, w, _ = x.shape
+  pad = ((0, 0), (1, 1), (1, 1), (0, 0))
+  fill = 0. if mode == 'avg' else -np.inf
+  windows = np.pad(x.astype(np.float64), pad, constant_values=fill)
+  windows = np.stack([windows[:, i:i + h, j:j + w] for i in range(3) for j in range(3)])
+  if mode == 'max':
+    return windows.max(axis=0)
+  counts = np.pad(np.ones((1, h, w, 1)), pad)
+  counts = sum(counts[:, i:i + h, j:j + w] for i in range(3) for j in range(3))
+  return windows.sum(axis=0) / counts  # the mean over the unpadded pixels only
+
+
+def _ref_inception_a(x, sd, m):
+  """pytorch-fid FIDInceptionA.forward in numpy (torch.cat on channels = our last axis)."""
+  def conv(name, inp, padding=(0, 0)):
+    return _torch_conv_bn_relu(inp, sd, f'{m}.{name}', 1, padding)
+  b1 = conv('branch1x1', x)
+  b5 = conv('branch5x5_2', conv('branch5x5_1', x), (2, 2))
+  b3 = conv('branch3x3dbl_3', conv('branch3x3dbl_2', conv('branch3x3dbl_1', x), (1, 1)), (1, 1))
+  bp = conv('branch_pool', _np_pool_3x3(x, 'avg'))
+  return np.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+def _ref_inception_e(x, sd, m, pool):
+  """pytorch-fid FIDInceptionE_1 (pool='avg') / FIDInceptionE_2 (pool='max').forward in numpy."""
+  def conv(name, inp, padding=(0, 0)):
+    return _torch_conv_bn_relu(inp, sd, f'{m}.{name}', 1, padding)
+  b1 = conv('branch1x1', x)
+  b3 = conv('branch3x3_1', x)
+  b3 = np.concatenate([conv('branch3x3_2a', b3, (0, 1)), conv('branch3x3_2b', b3, (1, 0))], axis=-1)
+  bd = conv('branch3x3dbl_2', conv('branch3x3dbl_1', x), (1, 1))
+  bd = np.concatenate([conv('branch3x3dbl_3a', bd, (0, 1)), conv('branch3x3dbl_3b', bd, (1, 0))], axis=-1)
+  bp = conv('branch_pool', _np_pool_3x3(x, pool))
+  return np.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+@pytest.fixture(scope='module')
+def mixed_blocks():
+  """FIDInceptionV3's own Mixed_* submodules (unbound copies), recorded while tracing a forward pass shape-only."""
+  blocks = {}
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == '__call__' and isinstance(module.name, str) and module.name.startswith('Mixed_'):
+      blocks[module.name] = module.clone(parent=None, name=None)
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(record):
+    x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
+    jax.eval_shape(inception.FIDInceptionV3().apply, inception.abstract_variables(), x)
+  return blocks
+
+
+# pytorch-fid: Mixed_5b = FIDInceptionA(192, 32), Mixed_7b = FIDInceptionE_1(1280), Mixed_7c = FIDInceptionE_2(2048)
+@pytest.mark.parametrize('name, cin, reference', [
+    ('Mixed_5b', 192, _ref_inception_a),
+    ('Mixed_7b', 1280, functools.partial(_ref_inception_e, pool='avg')),
+    ('Mixed_7c', 2048, functools.partial(_ref_inception_e, pool='max')),
+], ids=['FIDInceptionA', 'FIDInceptionE_1', 'FIDInceptionE_2'])
+def test_mixed_block_matches_pytorch_fid_forward(state_dict, variables, mixed_blocks, name, cin, reference):
+  """Branch order, the 2a/2b halves and avg vs max pooling of the model's own blocks, on 5x5 inputs."""
+  x = np.random.default_rng(5).normal(size=(2, 5, 5, cin)).astype(np.float32)
+  block_vars = {c: variables[c][name] for c in ('params', 'batch_stats')}
+  ours = np.asarray(mixed_blocks[name].apply(block_vars, x), np.float64)
+  ref = reference(x, state_dict, name)
+  assert ours.shape == ref.shape
+  np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+
+
 def _torch_bilinear(x, size):
   """NHWC numpy of torch F.interpolate(mode='bilinear', align_corners=False, antialias=False)."""
   def weights(n_in, n_out):
@@ -251,31 +337,64 @@ def test_convert_cli_without_torch_is_one_line_exit_2(tmp_path):
     pytest.skip('torch is installed')
   except ImportError:
     pass
-  done = subprocess.run([sys.executable, str(REPO / 'experiments' / 'convert_inception_weights.py'),
-                         '--pth', str(tmp_path / 'x.pth'), '--out', str(tmp_path / 'x.npz')],
-                        check=False, capture_output=True, text=True)
+  done = subprocess.run([sys.executable, str(CONVERT), '--pth', str(tmp_path / 'x.pth'),
+                         '--out', str(tmp_path / 'x.npz')], check=False, capture_output=True, text=True)
   assert done.returncode == 2
   assert done.stderr.count('\n') == 1 and 'torch' in done.stderr
 
 
-def test_convert_cli_writes_npz_that_loads(tmp_path, state_dict, variables):
-  """The CLI with a stand-in `torch` whose load() returns the random state dict as tensor-like objects."""
-  np.savez(tmp_path / 'weights.npz', **state_dict)
-  (tmp_path / 'fake').mkdir()
-  (tmp_path / 'fake' / 'torch.py').write_text(
-      'import numpy as np\n'
-      'class T:\n'
-      '  def __init__(self, a): self.a = a\n'
-      '  def detach(self): return self\n'
-      '  def cpu(self): return self\n'
-      '  def numpy(self): return self.a\n'
-      'def load(path, map_location=None, weights_only=False):\n'
-      '  with np.load(path) as d: return {k: T(d[k]) for k in d.files}\n')
-  out = tmp_path / 'inception_fid.npz'
+def _fake_torch(tmp_path):
+  path = tmp_path / 'fake' / 'torch.py'
+  path.parent.mkdir(exist_ok=True)
+  path.write_text(FAKE_TORCH)
+  return path
+
+
+def _load_module(name, path):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _convert_cli(tmp_path, *args):
+  """Runs the CLI with the stand-in torch first on its path."""
+  _fake_torch(tmp_path)
   env = {**os.environ, 'PYTHONPATH': str(tmp_path / 'fake')}
-  done = subprocess.run([sys.executable, str(REPO / 'experiments' / 'convert_inception_weights.py'),
-                         '--pth', str(tmp_path / 'weights.npz'), '--out', str(out)],
-                        check=False, capture_output=True, text=True, env=env)
+  return subprocess.run([sys.executable, str(CONVERT), *args], check=False, capture_output=True, text=True, env=env)
+
+
+def test_convert_cli_writes_npz_that_loads(tmp_path, state_dict, variables):
+  """A wrong-hash stand-in .pth converts only with --allow_hash_mismatch, which warns in one line."""
+  np.savez(tmp_path / 'weights.npz', **state_dict)
+  out = tmp_path / 'inception_fid.npz'
+  done = _convert_cli(tmp_path, '--pth', str(tmp_path / 'weights.npz'), '--out', str(out), '--allow_hash_mismatch')
   assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stderr.count('\n') == 1 and done.stderr.startswith('warning:') and '6726825d' in done.stderr
   assert f'{TRAINABLE:,} trainable parameters' in done.stdout
   jax.tree.map(np.testing.assert_array_equal, inception.load_inception(str(out)), variables)
+
+
+def test_convert_cli_refuses_a_wrong_hash(tmp_path):
+  pth = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
+  pth.write_bytes(b'not the weights')
+  out = tmp_path / 'inception_fid.npz'
+  done = _convert_cli(tmp_path, '--pth', str(pth), '--out', str(out))
+  assert done.returncode == 2
+  assert done.stderr.count('\n') == 1 and '--allow_hash_mismatch' in done.stderr
+  assert hashlib.sha256(b'not the weights').hexdigest()[:16] in done.stderr and '6726825d' in done.stderr
+  assert not out.exists()
+
+
+def test_convert_cli_accepts_the_expected_hash(tmp_path, monkeypatch, capsys, state_dict):
+  """In process, with the expected prefix patched to the stand-in's (no file with the real prefix is at hand)."""
+  monkeypatch.setattr(sys, 'path', list(sys.path))  # the script puts the repository first
+  script = _load_module('convert_inception_weights', CONVERT)
+  assert script.WEIGHTS_URL == inception.WEIGHTS_URL and script.SHA256_PREFIX == '6726825d'
+  monkeypatch.setitem(sys.modules, 'torch', _load_module('torch', _fake_torch(tmp_path)))
+  pth = tmp_path / 'weights.npz'
+  np.savez(pth, **state_dict)
+  monkeypatch.setattr(script, 'SHA256_PREFIX', hashlib.sha256(pth.read_bytes()).hexdigest()[:8])
+  assert script.main(['--pth', str(pth), '--out', str(tmp_path / 'out.npz')]) == 0
+  assert capsys.readouterr().err == ''
+  assert (tmp_path / 'out.npz').exists()
