@@ -23,6 +23,7 @@ def _tiny_config(stats_dir):
   config.model.nf = 16
   config.data.num_test = 64
   config.training.snapshot_freq = 10
+  config.training.n_jitted_steps = 5
   config.eval.stats_dir = str(stats_dir)
   return config
 
@@ -84,14 +85,22 @@ def test_rounds_made_with_other_settings_are_refused(untrained_run):
   assert code == 2 and len(err.strip().splitlines()) == 1 and 'num_scales' in err and '--eval_folder' in err, err
 
 
-@pytest.mark.parametrize('override, message', [
-    ('--config.data.num_channels=3', 'digits_classifier reads 1-channel'),
-    ('--config.eval.bpd_dataset=validation', 'bpd_dataset'),
-    ('--config.eval.num_samples=4', 'too few'),
+def test_bad_eval_settings_exit_2_before_any_work(untrained_run):
+  code, _, err = finish(run_cli(untrained_run, '--mode=eval', *TINY, '--config.data.num_channels=3',
+                                config=QUICKSTART), timeout=120)
+  assert code == 2 and len(err.strip().splitlines()) == 1 and 'digits_classifier reads 1-channel' in err, err
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('bpd_dataset', 'validation', 'bpd_dataset'), ('num_samples', 4, 'too few'),
+    ('feature_extractor', 'clip', 'Unknown eval.feature_extractor'),
 ])
-def test_bad_eval_settings_exit_2_before_any_work(untrained_run, override, message):
-  code, _, err = finish(run_cli(untrained_run, '--mode=eval', *TINY, override, config=QUICKSTART), timeout=120)
-  assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+def test_bad_eval_settings_are_refused_by_validation(tmp_path, field, value, message):
+  from score_sde import validate
+  config = _tiny_config(tmp_path)
+  config.eval[field] = value
+  with pytest.raises(validate.ConfigError, match=message):
+    validate.validate(config, 'eval')
 
 
 def test_missing_inception_weights_exit_2_with_where_to_get_them(tmp_path, untrained_run):
