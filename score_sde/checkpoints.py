@@ -83,8 +83,17 @@ def save_config(workdir, config):
 
 
 def load_config(workdir):
+  """The run's config as it was saved; JSON's lists become the configs' tuples (ch_mult, ...) again."""
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
 
 
 def restore(workdir, target=None):

@@ -14,6 +14,7 @@ Random flips and uniform dequantization are drawn on the host from (seed, step).
 """
 import dataclasses
 import glob
+import itertools
 import logging
 import os
 from typing import Callable
@@ -104,10 +105,7 @@ def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=Fa
     return augment(images, rng, random_flip, levels if uniform_dequantization else None)
 
   def train_batches(start_step):
-    step = start_step
-    while True:
-      yield {'image': train_batch(step)[host_rows(batch_size)]}
-      step += 1
+    return ({'image': train_batch(step)[host_rows(batch_size)]} for step in itertools.count(start_step))
 
   def eval_batches():
     for start in range(0, len(test) - eval_batch_size + 1, eval_batch_size):
@@ -129,10 +127,7 @@ def _toy(config, name):
   sample = jax.jit(lambda step: mixture.sample(jax.random.fold_in(jax.random.fold_in(key, 2), step), batch_size))
 
   def train_batches(start_step):
-    step = start_step
-    while True:
-      yield {'image': np.asarray(sample(step))[host_rows(batch_size)]}
-      step += 1
+    return ({'image': np.asarray(sample(step))[host_rows(batch_size)]} for step in itertools.count(start_step))
 
   eval_size = config.eval.batch_size
 
@@ -237,13 +232,7 @@ def _preprocess(name, size):
     return lambda image: _central_crop(tf, _resize_small(tf, to_float(image), size), size)
   if name in ('lsun', 'image_folder'):
     return lambda image: _crop_resize(tf, image, size)
-
-  def exact_or_resized(image):
-    image = to_float(image)
-    if image.shape[0] == size and image.shape[1] == size:
-      return image
-    return _resize(tf, image, size)
-  return exact_or_resized
+  return lambda image: _resize(tf, to_float(image), size)  # TFRecords: the identity, to 1e-7, at their own size
 
 
 def _tfds_in_memory(config, name):

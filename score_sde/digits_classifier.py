@@ -13,6 +13,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from score_sde.evaluation import in_batches
+
 WEIGHTS = pathlib.Path(__file__).resolve().parent / 'assets' / 'digits_classifier.npz'
 NUM_TEST = 297  # the held-out split of datasets._digits: order[:297] of default_rng(0).permutation(1797)
 FEATURE_DIM = 64
@@ -121,27 +123,8 @@ def load(path=WEIGHTS):
 def get_feature_fn(variables=None, batch_size=256):
   """images (n, H, W, 1) in [0, 1] → (features (n, 64), logits (n, 10)), numpy float32.
 
-  Features are the swish activations of the 64-unit layer. Jitted and run in batches of `batch_size` (the last
-  padded), so any n compiles once per image size. Larger images are blurred by the resize, so compare samples
-  with real digits at the same image size (real 16×16 vs real 8×8 digits alone give an FD of about 36).
+  Jitted and run in batches of `batch_size` (the last padded), so any n compiles once per image size.
   """
   variables = load() if variables is None else variables
   apply = jax.jit(DigitsClassifier().apply)
-
-  def feature_fn(images):
-    images = np.asarray(images, np.float32)
-    n = len(images)
-    feats, logits = [], []
-    for start in range(0, n, batch_size):
-      batch = images[start:start + batch_size]
-      pad = batch_size - len(batch)
-      if pad:
-        batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], np.float32)])
-      f, lg = apply(variables, batch)
-      feats.append(np.asarray(f)[:batch_size - pad])
-      logits.append(np.asarray(lg)[:batch_size - pad])
-    if not feats:
-      return np.zeros((0, FEATURE_DIM), np.float32), np.zeros((0, 10), np.float32)
-    return np.concatenate(feats), np.concatenate(logits)
-
-  return feature_fn
+  return lambda images: in_batches(lambda batch: apply(variables, batch), images, batch_size)

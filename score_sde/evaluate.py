@@ -39,9 +39,9 @@ def _digits_classifier(config):
 FEATURE_EXTRACTORS = {'inception': _inception, 'digits_classifier': _digits_classifier}
 
 
-def feature_extractor_name(config, dataset):
+def feature_extractor_name(config, is_image):
   """'identity' for toy points (the points are their own features), else config.eval.feature_extractor."""
-  if not dataset.is_image:
+  if not is_image:
     return 'identity'
   name = config.eval.get('feature_extractor', 'inception')
   if name not in FEATURE_EXTRACTORS:
@@ -98,7 +98,7 @@ def reference_features(config, dataset, name, feature_fn):
 
 # --- metrics with standard errors ---------------------------------------------------------------------------------
 
-def _mean_stderr(values):
+def mean_stderr(values):
   values = np.asarray(values, np.float64)
   stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float('nan')
   return {'mean': float(values.mean()), 'stderr': float(stderr)}
@@ -116,9 +116,9 @@ def sample_metrics(features, logits, reference, num_splits=10, num_bootstrap=10,
   kid = [evaluation.kid_from_features(features[p], reference[rng.choice(len(reference), len(p), replace=short)])
          for p in parts]
   result = {'fid': {'mean': fid, 'stderr': float(np.std(boot, ddof=1)) if num_bootstrap > 1 else float('nan')},
-            'kid': _mean_stderr(kid)}
+            'kid': mean_stderr(kid)}
   if logits is not None:
-    result['inception_score'] = _mean_stderr([evaluation.inception_score_from_logits(logits[p], splits=1)
+    result['inception_score'] = mean_stderr([evaluation.inception_score_from_logits(logits[p], splits=1)
                                               for p in parts])
   return result
 
@@ -185,14 +185,14 @@ def evaluate(config, workdir, eval_folder='eval'):
   steps = checkpoint_steps(config, workdir)
   dataset = datasets.get_dataset(config)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
-  name = feature_extractor_name(config, dataset) if ec.enable_sampling else None
+  name = feature_extractor_name(config, dataset.is_image) if ec.enable_sampling else None
   feature_fn = get_feature_fn(config, name) if ec.enable_sampling else None
   results = {'checkpoints': {}}
   if os.path.exists(results_path):
     with open(results_path) as f:
       results = json.load(f)
 
-  sampler = likelihood_fn = None
+  sampler = bpd_fn = None
   for step in steps:
     try:
       state = checkpoints.restore_step(workdir, step, train.abstract_train_state(config))
@@ -209,9 +209,9 @@ def evaluate(config, workdir, eval_folder='eval'):
     if ec.get('enable_loss', False):
       entry.update(_loss_rounds(config, dataset, state, sde, model, round_dir))
     if ec.enable_bpd:
-      if likelihood_fn is None:
-        likelihood_fn = _likelihood_fn(config, sde, dataset)
-      entry.update(_bpd_rounds(config, dataset, state, sde, model, likelihood_fn, round_dir))
+      if bpd_fn is None:
+        bpd_fn = get_bpd_fn(config, sde, dataset)
+      entry.update(_bpd_rounds(config, dataset, state, sde, model, bpd_fn, round_dir))
     results['checkpoints'][str(step)] = entry
     _atomic_write_json(results_path, results)
     logging.info('Checkpoint %d: %s', step, json.dumps({k: v for k, v in entry.items() if k != 'step'}))
@@ -257,33 +257,39 @@ def _loss_rounds(config, dataset, state, sde, model, round_dir):
 
   def compute(i, images):
     noise_state = state.replace(rng=jax.random.fold_in(jax.random.PRNGKey(config.seed + 3), i))
-    batch = {'image': train.global_batch(scaler(images[datasets.host_rows(len(images))]), train.batch_sharding())}
+    batch = {'image': train.full_batch(scaler(images), train.batch_sharding())}
     return {'loss': np.asarray(step(noise_state, batch)[1]['loss'])}
 
   values = [_load_or_run(os.path.join(round_dir, f'loss_{i}.npz'), functools.partial(compute, i, batch['image']))[0]
             ['loss'] for i, batch in enumerate(dataset.eval_batches())]
-  return {'loss': _mean_stderr(values)}
+  return {'loss': mean_stderr(values)}
 
 
-def _likelihood_fn(config, sde, dataset):
+def get_bpd_fn(config, sde, dataset):
+  """bpd_fn(score_fn, images, dequantization_seed, key) -> per-example bpd of a batch in [0, 1]: images are
+  dequantized with default_rng(dequantization_seed) (always, as officially), then the probability-flow likelihood."""
   inverse_scaler = datasets.get_data_inverse_scaler(config) if dataset.is_image else None
-  return likelihood.get_likelihood_fn(sde, inverse_scaler, num_levels=dataset.num_levels,
-                                      sharding=train.batch_sharding(), rtol=config.eval.get('likelihood_rtol', 1e-5),
-                                      atol=config.eval.get('likelihood_atol', 1e-5))
+  likelihood_fn = likelihood.get_likelihood_fn(
+      sde, inverse_scaler, num_levels=dataset.num_levels, sharding=train.batch_sharding(),
+      rtol=config.eval.get('likelihood_rtol', 1e-5), atol=config.eval.get('likelihood_atol', 1e-5))
+  scaler = datasets.get_data_scaler(config)
+
+  def bpd_fn(score_fn, images, dequantization_seed, key):
+    if dataset.is_image:
+      images = datasets.uniform_dequantize(images, np.random.default_rng(dequantization_seed), dataset.num_levels)
+    return np.asarray(likelihood_fn(key, score_fn, scaler(images))[0])
+  return bpd_fn
 
 
-def _bpd_rounds(config, dataset, state, sde, model, likelihood_fn, round_dir):
+def _bpd_rounds(config, dataset, state, sde, model, bpd_fn, round_dir):
   """bpd of the held-out split (or the training split, with eval.bpd_dataset='train'), eval.bpd_num_repeats
   times with fresh dequantization noise."""
   score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
-  scaler, levels = datasets.get_data_scaler(config), dataset.num_levels
   repeats, fresh = [], 0
 
   def compute(repeat, i, images):
-    if dataset.is_image:  # bpd is a density of dequantized images, whatever training did (as officially)
-      images = datasets.uniform_dequantize(images, np.random.default_rng([config.seed, repeat, i]), levels)
-    rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), repeat), i)
-    return {'bpd': np.asarray(likelihood_fn(rng, score_fn, scaler(images))[0])}
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), repeat), i)
+    return {'bpd': bpd_fn(score_fn, images, [config.seed, repeat, i], key)}
 
   split = config.eval.get('bpd_dataset', 'test')
   batches = dataset.reference_batches if split == 'train' else dataset.eval_batches  # the official bpd_dataset
@@ -296,7 +302,7 @@ def _bpd_rounds(config, dataset, state, sde, model, likelihood_fn, round_dir):
       values.append(done['bpd'])
     repeats.append(np.concatenate(values))
   per_example = np.mean(repeats, axis=0)  # the repeats of one image are not independent: average them first
-  return {'bpd': _mean_stderr(per_example), 'bpd_num_examples': len(per_example), 'bpd_num_repeats': len(repeats),
+  return {'bpd': mean_stderr(per_example), 'bpd_num_examples': len(per_example), 'bpd_num_repeats': len(repeats),
           'bpd_dataset': split, 'bpd_rounds_run_now': fresh}
 
 

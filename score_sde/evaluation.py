@@ -1,4 +1,4 @@
-"""Sample-quality metrics from network features: FID, KID and Inception Score."""
+"""Sample-quality metrics from network features: FID, KID and Inception Score; and batching for feature nets."""
 import numpy as np
 from scipy import linalg
 
@@ -50,3 +50,17 @@ def inception_score_from_logits(logits, splits=10):
     log_marginal = np.log(np.mean(np.exp(part), axis=0))
     scores.append(np.exp(np.mean(np.sum(np.exp(part) * (part - log_marginal), axis=1))))
   return float(np.mean(scores))
+
+
+def in_batches(apply, images, batch_size):
+  """apply(batch) -> tuple of per-example arrays, run over `images` in fixed-size batches (the last padded with
+  zeros, so each image shape compiles once); returns the tuple of concatenated numpy arrays."""
+  images = np.asarray(images, np.float32)
+  n, outputs = len(images), []
+  for start in range(0, max(n, 1), batch_size):
+    batch = images[start:start + batch_size]
+    keep = len(batch)
+    if keep < batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - keep,) + images.shape[1:], np.float32)])
+    outputs.append([np.asarray(out)[:keep] for out in apply(batch)])
+  return tuple(np.concatenate(parts) for parts in zip(*outputs))

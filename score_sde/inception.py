@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.evaluation import in_batches
+
 WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                'pt_inception-2015-12-05-6726825d.pth')
 CONVERT_COMMAND = ('python experiments/convert_inception_weights.py --download '
@@ -254,18 +256,4 @@ def get_feature_fn(variables, batch_size=200):
   """
   apply = jax.jit(FIDInceptionV3().apply)
   variables = jax.device_put(variables)
-
-  def feature_fn(images):
-    images = np.asarray(images, np.float32)
-    pools, logits = [np.zeros((0, 2048), np.float32)], [np.zeros((0, NUM_CLASSES), np.float32)]
-    for start in range(0, len(images), batch_size):
-      batch = images[start:start + batch_size]
-      n = len(batch)
-      if n < batch_size:
-        batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), np.float32)])
-      pool, logit = apply(variables, batch)
-      pools.append(np.asarray(pool[:n]))
-      logits.append(np.asarray(logit[:n]))
-    return np.concatenate(pools), np.concatenate(logits)
-
-  return feature_fn
+  return lambda images: in_batches(lambda batch: apply(variables, batch), images, batch_size)

@@ -6,7 +6,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from score_sde import checkpoints, datasets, evaluate, likelihood, models, sde_lib, train, validate
+from score_sde import checkpoints, datasets, evaluate, models, sde_lib, train, validate
 
 
 class RunFailed(RuntimeError):
@@ -49,24 +49,13 @@ def bits_per_dim(config, workdir):
   state = _restore(config, workdir)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
   dataset = datasets.get_dataset(config)
-  scaler = datasets.get_data_scaler(config)
-  levels = dataset.num_levels
-  inverse_scaler = datasets.get_data_inverse_scaler(config) if dataset.is_image else None
-  likelihood_fn = likelihood.get_likelihood_fn(
-      sde, inverse_scaler, num_levels=levels, sharding=train.batch_sharding(),
-      rtol=config.eval.get('likelihood_rtol', 1e-5), atol=config.eval.get('likelihood_atol', 1e-5))
+  bpd_fn = evaluate.get_bpd_fn(config, sde, dataset)
   score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
-  rng = jax.random.PRNGKey(config.seed + 2)
-  values = []
-  for i, batch in enumerate(dataset.eval_batches()):
-    images = batch['image']
-    if dataset.is_image:  # bpd is a density of dequantized images, whatever training did (as officially)
-      images = datasets.uniform_dequantize(images, np.random.default_rng([config.seed, i]), levels)
-    bpd, _, _ = likelihood_fn(jax.random.fold_in(rng, i), score_fn, scaler(images))
-    values.append(np.asarray(bpd))
-  values = np.concatenate(values)
-  result = {'step': int(state.step), 'bpd_mean': float(values.mean()),
-            'bpd_stderr': float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float('nan'),
+  key = jax.random.PRNGKey(config.seed + 2)
+  values = np.concatenate([bpd_fn(score_fn, batch['image'], [config.seed, i], jax.random.fold_in(key, i))
+                           for i, batch in enumerate(dataset.eval_batches())])
+  bpd = evaluate.mean_stderr(values)
+  result = {'step': int(state.step), 'bpd_mean': bpd['mean'], 'bpd_stderr': bpd['stderr'],
             'num_examples': int(len(values)), 'dataset': config.data.dataset}
   with open(os.path.join(workdir, 'likelihood.json'), 'w') as f:
     json.dump(result, f, indent=2)

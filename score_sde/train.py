@@ -91,6 +91,11 @@ def global_batch(local_images, sharding):
   return jax.make_array_from_process_local_data(sharding, local_images, shape)
 
 
+def full_batch(images, sharding):
+  """A batch that every host holds whole, split over all devices: each host contributes its own rows."""
+  return global_batch(images[datasets.host_rows(len(images))], sharding)
+
+
 def get_sampler_and_score(config, sde, model, num_samples):
   shape = (num_samples,) + data_shape(config)
   sampler = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config),
@@ -191,7 +196,7 @@ def train(config, workdir):
         if batch is None:
           eval_iter = dataset.eval_batches()
           batch = next(eval_iter)
-        eval_batch = {'image': global_batch(scaler(batch['image'][datasets.host_rows(len(batch['image']))]), by_batch)}
+        eval_batch = {'image': full_batch(scaler(batch['image']), by_batch)}
         log.write(step, {'eval_loss': run_eval(state, eval_batch)})
       permanent = step % tc.snapshot_freq == 0 or step == tc.n_iters
       if permanent or step % tc.snapshot_freq_for_preemption == 0:

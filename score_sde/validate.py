@@ -70,9 +70,10 @@ def _check_eval(config):
            f"{ec.get('num_splits', 1)} parts; use at least twice as many.")
   if not ec.enable_sampling or config.data.dataset in toy.TOY_DISTRIBUTIONS:
     return
-  name = ec.get('feature_extractor', 'inception')
-  _require(name in evaluate.FEATURE_EXTRACTORS,
-           f'Unknown eval.feature_extractor {name!r}; known: {sorted(evaluate.FEATURE_EXTRACTORS)}.')
+  try:
+    name = evaluate.feature_extractor_name(config, is_image=True)
+  except evaluate.EvalError as error:
+    raise ConfigError(str(error)) from None
   _require(name != 'digits_classifier' or config.data.num_channels == 1,
            'eval.feature_extractor=digits_classifier reads 1-channel digit images; use inception for '
            f'{config.data.num_channels}-channel data.')
