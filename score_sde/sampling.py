@@ -261,3 +261,15 @@ def get_sampling_fn(config, sde, shape, inverse_scaler=None, eps=None, sharding=
                           continuous=config.training.continuous, denoise=s.noise_removal, eps=eps,
                           sharding=sharding)
   raise ValueError(f'Unknown sampling method {s.method!r}; known: {list(SAMPLERS)}.')
+
+
+def sampler_names():
+  return list(SAMPLERS)
+
+
+def predictor_names():
+  return sorted(_PREDICTORS)
+
+
+def corrector_names():
+  return sorted(_CORRECTORS)

@@ -222,3 +222,7 @@ def get_sde(config):
   if name == 'vesde':
     return VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
   return SDES[name](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+
+
+def sde_names():
+  return sorted(SDES)

