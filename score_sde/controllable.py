@@ -1,0 +1,184 @@
+"""Controllable generation with an unconditional score model (Section 5 and Appendix I of Song et al. 2021).
+
+* Inpainting and colorization (Appendix I.2-I.3): run a PC sampler, and after every predictor and
+  corrector half-step put the known part back as the data noised to time t, x_known(t) ~ p_0t(. | data).
+  Colorization does this in a decoupled space, an orthogonal map of RGB in which the gray image is one channel.
+* Class-conditional sampling (Appendix I.1): the conditional score is
+  ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x), with a noise-conditional classifier p_t(y | x).
+  `classifier_guided_score` returns that sum as a score function, so every sampler takes it.
+
+Samplers return (x, nfe), like `sampling.get_pc_sampler`; all Gaussian draws except the prior's go
+through `sampling.standard_normal` in the official order (per step: corrector noise, known-part noise,
+predictor noise, known-part noise). `z=` gives the prior draw at T (VE: already scaled by σ_max).
+"""
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde import sampling
+from score_sde.sde_lib import batch_mul
+
+# ---------------------------------------------------------------- decoupled colour space
+# The official orthonormal M (columns: gray direction (1,1,1)/√3 and two directions orthogonal to it).
+# decouple(x) = x @ M puts the gray level (times √3) in channel 0; couple inverts it.
+COLOR_M = np.array([[5.7735014e-01, -8.1649649e-01, 4.7008697e-08],
+                    [5.7735026e-01, 4.0824834e-01, 7.0710671e-01],
+                    [5.7735026e-01, 4.0824822e-01, -7.0710683e-01]], np.float32)
+COLOR_INV_M = np.linalg.inv(COLOR_M.astype(np.float64)).astype(np.float32)
+
+
+def decouple(x):
+  return jnp.einsum('...i,ij->...j', x, COLOR_M)
+
+
+def couple(y):
+  return jnp.einsum('...i,ij->...j', y, COLOR_INV_M)
+
+
+def gray_mask(x):
+  """1 on the gray channel of the decoupled space, 0 on the two colour channels."""
+  return jnp.concatenate([jnp.ones_like(x[..., :1]), jnp.zeros_like(x[..., 1:])], axis=-1)
+
+
+def _identity(x):
+  return x
+
+
+# ---------------------------------------------------------------- the replacement rule
+
+def known_part_update(update_fn, sde, rng, x, t, data, mask, to_space=_identity, from_space=_identity,
+                      official_quirks=True):
+  """One predictor or corrector half-step followed by the replacement of the known part.
+
+  In the space y = to_space(x), where `mask` is 1 on the known coordinates and `data` holds them:
+    y ← y_upd (1 - mask) + (mean + std z) mask,  with mean, std = p_0t(. | data).
+  The official x_mean is rebuilt from the new, noised x (so denoising cleans only the known part);
+  with official_quirks=False the unknown part of x_mean is the step's own noise-free mean.
+  """
+  update_rng, known_rng = jax.random.split(rng)
+  x, x_mean = update_fn(update_rng, x, t)
+  mean, std = sde.marginal_prob(data, t)
+  known = mean + batch_mul(std, sampling.standard_normal(known_rng, x.shape))
+  x = from_space(to_space(x) * (1. - mask) + known * mask)
+  free = x if official_quirks else x_mean
+  x_mean = from_space(to_space(free) * (1. - mask) + mean * mask)
+  return x, x_mean
+
+
+def _half_steps(sde, score_fn, predictor, corrector, snr, n_steps, probability_flow):
+  """The predictor and corrector as update(rng, x, t) -> (x, x_mean), and their nfe per step."""
+  predictor_fn, predictor_nfe = sampling.get_predictor(predictor)
+  corrector_fn, corrector_nfe = sampling.get_corrector(corrector)
+  predict = lambda rng, x, t: predictor_fn(sde, score_fn, rng, x, t, probability_flow)
+  correct = lambda rng, x, t: corrector_fn(sde, score_fn, rng, x, t, snr, n_steps)
+  return predict, correct, predictor_nfe + corrector_nfe * n_steps
+
+
+def _pc_with_known_part(sde, x, score_fn, rng, data, mask, to_space, from_space, eps, options):
+  """The PC loop of Alg. 1-3, each half-step followed by the replacement; one lax.scan."""
+  predict, correct, _ = _half_steps(sde, score_fn, options['predictor'], options['corrector'],
+                                    options['snr'], options['n_steps'], options['probability_flow'])
+  quirks = options['official_quirks']
+
+  def step(carry, inputs):
+    x, _ = carry
+    t, step_rng = inputs
+    corrector_rng, predictor_rng = jax.random.split(step_rng)
+    vec_t = jnp.full((x.shape[0],), t)
+    x, x_mean = known_part_update(correct, sde, corrector_rng, x, vec_t, data, mask, to_space, from_space, quirks)
+    x, x_mean = known_part_update(predict, sde, predictor_rng, x, vec_t, data, mask, to_space, from_space, quirks)
+    return (x, x_mean), None
+
+  timesteps = jnp.linspace(sde.T, eps, sde.N)
+  (x, x_mean), _ = jax.lax.scan(step, (x, x), (timesteps, jax.random.split(rng, sde.N)))
+  return x, x_mean
+
+
+def _options(sde, predictor, corrector, snr, n_steps, probability_flow, official_quirks):
+  sampling.check_predictor(sde, predictor, probability_flow)
+  _, _, nfe_per_step = _half_steps(sde, None, predictor, corrector, snr, n_steps, probability_flow)
+  options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
+                 probability_flow=probability_flow, official_quirks=official_quirks)
+  return options, sde.N * nfe_per_step
+
+
+def _prior(sde, rng, shape, z):
+  return sde.prior_sampling(rng, shape) if z is None else z
+
+
+# ---------------------------------------------------------------- inpainting
+
+def get_pc_inpainter(sde, shape, predictor='reverse_diffusion', corrector='langevin', snr=0.16, n_steps=1,
+                     probability_flow=False, denoise=True, eps=1e-5, inverse_scaler=None, official_quirks=True):
+  """inpainter(rng, score_fn, data, mask, z=None) -> (x, nfe); mask is 1 where data is known.
+
+  Starts from the known pixels with the prior elsewhere (eps = 1e-5 is the official default).
+  """
+  options, nfe = _options(sde, predictor, corrector, snr, n_steps, probability_flow, official_quirks)
+  inverse_scaler = inverse_scaler or _identity
+
+  @eqx.filter_jit
+  def inpainter(rng, score_fn, data, mask, z=None):
+    data = jnp.broadcast_to(data, shape)
+    mask = jnp.broadcast_to(mask, shape).astype(data.dtype)
+    rng, prior_rng = jax.random.split(rng)
+    x = data * mask + _prior(sde, prior_rng, shape, z) * (1. - mask)
+    x, x_mean = _pc_with_known_part(sde, x, score_fn, rng, data, mask, _identity, _identity, eps, options)
+    return inverse_scaler(x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
+
+  return inpainter
+
+
+# ---------------------------------------------------------------- colorization
+
+def get_pc_colorizer(sde, shape, predictor='reverse_diffusion', corrector='langevin', snr=0.16, n_steps=1,
+                     probability_flow=False, denoise=True, eps=1e-5, inverse_scaler=None, official_quirks=True):
+  """colorizer(rng, score_fn, gray, z=None) -> (x, nfe); gray: RGB images whose three channels are equal.
+
+  The gray channel of the decoupled space is known; the two colour channels are sampled.
+  The official first sample masks the prior in RGB space (its R channel is zeroed and its
+  decoupled gray part is added to the gray image); official_quirks=False masks it in the decoupled space.
+  """
+  if shape[-1] != 3:
+    raise ValueError(f'Colorization needs 3-channel (RGB) images; the shape is {tuple(shape)}.')
+  options, nfe = _options(sde, predictor, corrector, snr, n_steps, probability_flow, official_quirks)
+  inverse_scaler = inverse_scaler or _identity
+
+  @eqx.filter_jit
+  def colorizer(rng, score_fn, gray, z=None):
+    gray = jnp.broadcast_to(gray, shape)
+    mask = gray_mask(gray)
+    known = decouple(gray)
+    rng, prior_rng = jax.random.split(rng)
+    prior = _prior(sde, prior_rng, shape, z)
+    free = decouple(prior * (1. - mask)) if official_quirks else decouple(prior) * (1. - mask)
+    x = couple(known * mask + free)
+    x, x_mean = _pc_with_known_part(sde, x, score_fn, rng, known, mask, decouple, couple, eps, options)
+    return inverse_scaler(x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
+
+  return colorizer
+
+
+def to_gray(images):
+  """RGB (…, 3) -> the channel mean repeated on three channels, the colorizer's input."""
+  return jnp.repeat(jnp.mean(images, axis=-1, keepdims=True), 3, axis=-1)
+
+
+# ---------------------------------------------------------------- class guidance
+
+def _guided_score(score_fn, log_prob_fn, labels, scale, x, t):
+  def log_prob_of_labels(x):
+    return jnp.sum(jnp.take_along_axis(log_prob_fn(x, t), labels[:, None], axis=1))
+  return score_fn(x, t) + scale * jax.grad(log_prob_of_labels)(x)
+
+
+def classifier_guided_score(score_fn, log_prob_fn, labels, scale=1.):
+  """∇ log p_t(x) + scale ∇ log p_t(y | x) as a score function (x, t) -> array shaped like x.
+
+  log_prob_fn(x, t) -> (batch, num_classes) log p_t(y | x) of a noise-conditional classifier;
+  labels (batch,) int. Each example's gradient involves only its own log-probability.
+  A pytree (jax.tree_util.Partial): new labels or parameters reuse compiled samplers.
+  """
+  labels = jnp.asarray(labels, jnp.int32)
+  return jax.tree_util.Partial(_guided_score, score_fn, log_prob_fn, labels, jnp.asarray(scale, jnp.float32))
