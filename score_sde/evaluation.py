@@ -1,6 +1,16 @@
-"""Sample-quality metrics from network features: FID, KID and Inception Score; and batching for feature nets."""
+"""Sample-quality metrics from network features: FID, KID and Inception Score; reference statistics files;
+and batching for feature nets."""
+import os
+import zipfile
+
 import numpy as np
 from scipy import linalg
+
+
+def gaussian(feats):
+  """(mean, unbiased covariance) of an (n, d) feature set, in float64."""
+  feats = np.asarray(feats, np.float64)
+  return feats.mean(0), np.cov(feats, rowvar=False)
 
 
 def fid_from_features(feats_a, feats_b):
@@ -8,9 +18,13 @@ def fid_from_features(feats_a, feats_b):
 
   ‖μ_a - μ_b‖² + tr(Σ_a + Σ_b - 2 (Σ_a Σ_b)^½), with unbiased covariances.
   """
-  a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
-  mu_a, mu_b = a.mean(0), b.mean(0)
-  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  return frechet_distance(*gaussian(feats_a), *gaussian(feats_b))
+
+
+def frechet_distance(mu_a, cov_a, mu_b, cov_b):
+  """Fréchet distance of N(mu_a, cov_a) and N(mu_b, cov_b)."""
+  mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
+  cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
   covmean = linalg.sqrtm(cov_a @ cov_b)
   if not np.isfinite(covmean).all():  # near-singular product: regularise as pytorch-fid does
     offset = np.eye(cov_a.shape[0]) * 1e-6
@@ -64,3 +78,53 @@ def in_batches(apply, images, batch_size):
       batch = np.concatenate([batch, np.zeros((batch_size - keep,) + images.shape[1:], np.float32)])
     outputs.append([np.asarray(out)[:keep] for out in apply(batch)])
   return tuple(np.concatenate(parts) for parts in zip(*outputs))
+
+
+# --- reference statistics files (the official score_sde layout) ---------------------------------------------------
+
+def _npz_shapes(path):
+  """{key: shape} of an .npz, read from the array headers only (a 50,000 x 2048 pool_3 is not loaded)."""
+  shapes = {}
+  with zipfile.ZipFile(path) as archive:
+    for name in archive.namelist():
+      if name.endswith('.npy'):
+        with archive.open(name) as f:
+          major, _ = np.lib.format.read_magic(f)
+          read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+          shapes[name[:-4]] = read(f)[0]
+  return shapes
+
+
+def check_reference_stats(path, dim=2048):
+  """Raises ValueError (one line) unless `path` is an .npz with 'pool_3' (n, dim), n >= 2 (FID and KID), or
+  'mu' (dim,) and 'sigma' (dim, dim) (FID only). Returns 'pool_3' or 'mu_sigma'. Reads no array data."""
+  expected = f"expected 'pool_3' (n, {dim}) or 'mu' ({dim},) and 'sigma' ({dim}, {dim})"
+  if not os.path.isfile(path):
+    raise ValueError(f'reference statistics {path} not found; make them with experiments/fid_stats.py')
+  try:
+    shapes = _npz_shapes(path)
+  except (zipfile.BadZipFile, ValueError, OSError) as error:
+    raise ValueError(f'reference statistics {path} is not a readable .npz ({error})') from None
+  found = ', '.join(f'{k} {v}' for k, v in sorted(shapes.items())) or 'no arrays'
+  if 'pool_3' in shapes:
+    n_d = shapes['pool_3']
+    if len(n_d) != 2 or n_d[1] != dim or n_d[0] < 2:
+      raise ValueError(f'reference statistics {path}: pool_3 has shape {n_d}; {expected}')
+    return 'pool_3'
+  if shapes.get('mu') == (dim,) and shapes.get('sigma') == (dim, dim):
+    return 'mu_sigma'
+  raise ValueError(f'reference statistics {path} holds {found}; {expected}')
+
+
+def load_reference_stats(path, dim=2048):
+  """{'pool_3': (n, dim) or None, 'mu': (dim,), 'sigma': (dim, dim)} in float64 from a checked stats file."""
+  kind = check_reference_stats(path, dim)
+  with np.load(path) as data:
+    if kind == 'pool_3':
+      pool = np.asarray(data['pool_3'], np.float64)
+      mu, sigma = gaussian(pool)
+    else:
+      pool, mu, sigma = None, np.asarray(data['mu'], np.float64), np.asarray(data['sigma'], np.float64)
+  if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+    raise ValueError(f'reference statistics {path} hold non-finite values')
+  return {'pool_3': pool, 'mu': mu, 'sigma': sigma}
