@@ -3,7 +3,7 @@
   python run.py --config configs/quickstart.py --workdir runs/quickstart --mode train \
       [--config.training.batch_size=64 ...]
 
-Exit codes: 0 success; 2 bad config, argument or missing data (one line, workdir untouched);
+Exit codes: 0 success; 2 bad config, argument or missing data (one line on stderr, workdir untouched);
 1 a run that failed (e.g. a NaN loss; the last good checkpoint is kept).
 """
 import os
@@ -12,18 +12,29 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+MODES = ('train', 'eval', 'sample', 'likelihood')
+USAGE = f"""usage: python run.py --config <file.py> --workdir <dir> --mode {'|'.join(MODES)} [options]
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a get_config() file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
-flags.DEFINE_enum('mode', None, ['train', 'eval', 'sample', 'likelihood'], 'What to run.')
-flags.DEFINE_string('eval_folder', 'eval', 'Subfolder of the workdir for --mode eval results (one per sampler '
-                    'setting lets several evaluations share one trained run).')
+modes:
+  train       train from scratch, or resume from the latest good checkpoint in --workdir
+  eval        FID/KID/IS of samples, bpd and held-out loss, over the checkpoints eval.begin_ckpt..eval.end_ckpt
+  sample      eval.num_samples samples (sampling.method; sampling.condition for controllable generation)
+  likelihood  bits/dim of the held-out split under the probability-flow ODE
 
-USAGE = 'usage: python run.py --config <file.py> --workdir <dir> --mode train|eval|sample|likelihood'
+options:
+  --config <file.py>           a get_config() file, e.g. configs/quickstart.py or configs/vp/cifar10_ddpmpp_continuous.py
+  --config.<section>.<field>=<value>
+                               override any field, e.g. --config.training.batch_size=64
+                               --config.model.ch_mult='(1,2)' --config.sampling.method=dpm_solver++
+  --workdir <dir>              checkpoints, metrics.jsonl, TensorBoard events, samples
+  --mode <mode>                one of the modes above
+  --eval_folder <name>         subfolder of the workdir for --mode eval results (default: eval)
+  --coordinator_address host:port --num_processes N --process_id i
+                               several processes (one per host); give the same address and count to each
+  -h, --help                   this text
+
+Exit codes: 0 success; 2 bad config, argument or missing data (one line; the workdir is left as it was);
+1 a run that failed after it started (the last good checkpoint is kept)."""
 
 
 def fail(message, code=2):
@@ -31,51 +42,86 @@ def fail(message, code=2):
   sys.exit(code)
 
 
+def _config_path(args):
+  """The --config file and the remaining arguments (ml_collections reads the --config.* overrides)."""
+  for i, arg in enumerate(args):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1], args[:i] + args[i + 1:]
+    if arg == '--config':
+      if i + 1 == len(args):
+        fail(f'--config needs a file. {USAGE.splitlines()[0]}')
+      return args[i + 1], args[:i] + args[i + 2:]
+  fail(f'--config is required. {USAGE.splitlines()[0]}')
+
+
+def _overridden_fields(args):
+  for arg in args:
+    if arg.startswith('--config.'):
+      yield arg[len('--config.'):].split('=', 1)[0]
+
+
 def parse(argv):
+  """(config, flags) from the command line; every problem is one line and exit code 2."""
+  args = argv[1:]
+  if any(arg in ('-h', '--help', '-help', '--helpfull', '--helpshort') for arg in args):
+    print(USAGE)
+    sys.exit(0)
+  from absl import flags
+  from ml_collections import config_flags
+  from score_sde import config_table
+  path, rest = _config_path(args)
   try:
-    FLAGS(argv)
+    config = config_table.load(path)
+  except config_table.ConfigError as error:
+    fail(str(error))
+  known = config_table.field_names(config)
+  for name in _overridden_fields(rest):
+    if name not in known:
+      fail(f'unknown config field {name!r} (--config.{name}).' + config_table.suggest(name, known))
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
+  flags.DEFINE_string('mode', None, f"What to run: {', '.join(MODES)}.")
+  flags.DEFINE_string('eval_folder', 'eval', 'Subfolder of the workdir for --mode eval results.')
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for runs over several processes.')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+  flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes - 1 (with --coordinator_address).')
+  FLAGS = flags.FLAGS
+  try:
+    sys.argv = [argv[0]] + rest  # ml_collections reads the --config.* overrides from sys.argv
+    config_flags.DEFINE_config_dict('config', config, lock_config=True)
+    FLAGS(sys.argv)
   except flags.IllegalFlagValueError as error:
     fail(f'bad value: {str(error).splitlines()[0]}')
   except flags.UnrecognizedFlagError as error:
-    fail(f'unknown flag --{error.flagname}. {USAGE}')
+    fail(f'unknown flag --{error.flagname}. Run python run.py --help for the flags.')
   except flags.Error as error:
-    fail(f'{str(error).splitlines()[0]}. {USAGE}')
-  except AttributeError as error:
-    fail(f'bad config override: {error}. Check the field name against the config file.')
-  except (OSError, ImportError, SyntaxError) as error:
-    fail(f'cannot load the config file: {error}')
-  for name in ('config', 'workdir', 'mode'):
+    fail(f'{str(error).splitlines()[0]}. Run python run.py --help for the flags.')
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    fail(f'bad config override: {str(error).splitlines()[0]}')
+  for name in ('workdir', 'mode'):
     if getattr(FLAGS, name) is None:
-      fail(f'--{name} is required. {USAGE}')
-  return FLAGS.config, FLAGS.workdir, FLAGS.mode
-
-
-MULTI_HOST_ENV = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
-                  'TPU_WORKER_HOSTNAMES')
-
-
-def maybe_initialize_distributed():
-  """Multi-host runs: jax.distributed.initialize() when a cluster environment says there are several processes."""
-  if any(os.environ.get(name) not in (None, '', '1') for name in MULTI_HOST_ENV):
-    import jax
-    jax.distributed.initialize()
+      fail(f'--{name} is required. {USAGE.splitlines()[0]}')
+  if FLAGS.mode not in MODES:
+    fail(f'--mode={FLAGS.mode!r} is not a mode; use one of {list(MODES)}.')
+  if (FLAGS.coordinator_address is None) != (FLAGS.num_processes is None) or \
+      (FLAGS.num_processes is None) != (FLAGS.process_id is None):
+    fail('--coordinator_address, --num_processes and --process_id go together; give all three or none.')
+  if FLAGS.num_processes is not None and not 0 <= FLAGS.process_id < FLAGS.num_processes:
+    fail(f'--process_id={FLAGS.process_id} must lie in [0, --num_processes={FLAGS.num_processes}).')
+  return FLAGS.config, FLAGS, path
 
 
 def main(argv):
-  config, workdir, mode = parse(argv)
-  maybe_initialize_distributed()
-  from score_sde import datasets, validate
-  from score_sde import run_lib
+  config, FLAGS, path = parse(argv)
+  from score_sde import parallel
+  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  from score_sde import run_lib, validate
   try:
-    validate.validate(config, mode)
-    if mode != 'train' and not run_lib.has_checkpoint(workdir):
-      fail(f'no checkpoint in {workdir}; train first (--mode train) or point --workdir at a trained run.')
-    logging.set_verbosity(logging.INFO)
-    import logging as python_logging
-    python_logging.getLogger('absl').addFilter(lambda record: 'orbax' not in record.pathname)
-    run_lib.run(config, workdir, mode, FLAGS.eval_folder)
-  except (validate.ConfigError, datasets.DatasetError) as error:
-    fail(str(error))
+    validate.validate(config, FLAGS.mode, FLAGS.workdir)
+    run_lib.run(config, FLAGS.workdir, FLAGS.mode, eval_folder=FLAGS.eval_folder, config_path=path)
+  except validate.ConfigError as error:
+    if parallel.is_main_process():
+      fail(str(error))
+    sys.exit(2)
   except run_lib.RunFailed as error:
     fail(str(error), code=1)
 

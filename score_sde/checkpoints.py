@@ -12,6 +12,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from score_sde import config_table, parallel, state as state_lib
+
 PREEMPTION_DIR = 'checkpoints-meta'
 PERMANENT_DIR = 'checkpoints'
 CONFIG_FILE = 'config.json'
@@ -73,7 +75,7 @@ def restore_step(workdir, step, target):
 
 
 def _replicated_abstract(tree):
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)), jax.sharding.PartitionSpec())
+  sharding = parallel.replicated()
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
@@ -85,7 +87,7 @@ def save_config(workdir, config):
 def load_config(workdir):
   """The run's config as it was saved; JSON's lists become the configs' tuples (ch_mult, ...) again."""
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    return config_table.with_defaults(ml_collections.ConfigDict(_tuples(json.load(f))))
 
 
 def _tuples(value):
@@ -102,8 +104,7 @@ def restore(workdir, target=None):
   Without `target`, the state's structure is rebuilt from the run's saved config.
   """
   if target is None:
-    from score_sde import train  # the runner knows how a state is built
-    target = train.abstract_train_state(load_config(workdir))
+    target = state_lib.abstract_train_state(load_config(workdir))
   checkpoints = RunCheckpoints(workdir)
   try:
     return checkpoints.restore(target)

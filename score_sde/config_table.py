@@ -134,6 +134,19 @@ FIELDS = {
     'sampling.snr': Field(0.16, nonneg, 'Langevin signal-to-noise ratio'),
     'sampling.rtol': Field(1e-5, positive, 'ODE sampler tolerances'),
     'sampling.atol': Field(1e-5, positive),
+    'sampling.eps': Field(0., real, 'final sampling time; <= 0 is the SDE default (1e-5 VE, 1e-3 VP and sub-VP)'),
+    'sampling.num_steps': Field(20, lambda v: positive_int(v) or (None if v >= 2 else 'must be at least 2'),
+                                'ddim, dpm_solver++: steps (score evaluations); edm_heun: noise levels'),
+    'sampling.order': Field(2, one_of(1, 2, 3), 'dpm_solver++: multistep order'),
+    'sampling.skip_type': Field('logSNR', one_of('logSNR', 'time_uniform'),
+                                'ddim, dpm_solver++: steps uniform in log-SNR or in t'),
+    'sampling.eta': Field(0., lambda v: None if _is_real(v) and 0 <= v <= 1 else 'must lie in [0, 1]',
+                          'ddim: 0 deterministic, 1 ancestral'),
+    'sampling.rho': Field(7., positive, 'edm_heun: noise-level spacing'),
+    'sampling.s_churn': Field(0., nonneg, 'edm_heun: churn (0 = deterministic)'),
+    'sampling.s_tmin': Field(0., nonneg, 'edm_heun: churn only where s_tmin <= sigma/alpha <= s_tmax'),
+    'sampling.s_tmax': Field(float('inf'), positive),
+    'sampling.s_noise': Field(1., nonneg, 'edm_heun: scale of the churn noise'),
 
     # eval
     'eval.begin_ckpt': Field(9, positive_int, 'checkpoint k is step k * training.snapshot_freq'),
@@ -205,7 +218,7 @@ FIELDS = {
     'model.interpolation': Field('bilinear', one_of('bilinear', 'nearest')),
 
     # optim
-    'optim.optimizer': Field('Adam', one_of('Adam', 'adam', 'AdamW', 'adamw')),
+    'optim.optimizer': Field('Adam', one_of('Adam'), 'Adam; AdamW when weight_decay > 0'),
     'optim.lr': Field(2e-4, positive),
     'optim.beta1': Field(0.9, open_unit),
     'optim.eps': Field(1e-8, positive),
@@ -214,3 +227,86 @@ FIELDS = {
     'optim.grad_clip': Field(1., grad_clip),
     'optim.amsgrad': Field(False, boolean),
 }
+
+
+# ---------------------------------------------------------------------------------------------------- use
+
+class ConfigError(ValueError):
+  """A config that cannot run, with what to change."""
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split('.'):
+    if part not in node:
+      return REQUIRED
+    node = node[part]
+  return node
+
+
+def with_defaults(config):
+  """A copy of `config` with every field of the table it lacks set to the default (unlocked)."""
+  import ml_collections
+  config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else config)
+  for dotted, field in FIELDS.items():
+    if field.default is REQUIRED or _get(config, dotted) is not REQUIRED:
+      continue
+    *sections, name = dotted.split('.')
+    node = config
+    for section in sections:
+      if section not in node:
+        node[section] = ml_collections.ConfigDict()
+      node = node[section]
+    node[name] = field.default
+  return config
+
+
+def load(path):
+  """The config of a get_config() file, with the table's defaults filled in."""
+  import importlib.util
+  import os
+  if not os.path.isfile(path):
+    raise ConfigError(f'config file {path!r} does not exist; pass one of the files under configs/, e.g. '
+                      'configs/quickstart.py.')
+  import sys
+  folder = os.path.dirname(os.path.abspath(path))
+  while os.path.basename(folder) and os.path.basename(folder) != 'configs':
+    folder = os.path.dirname(folder)
+  if os.path.basename(folder) == 'configs' and os.path.dirname(folder) not in sys.path:
+    sys.path.insert(0, os.path.dirname(folder))  # the files import configs.default_*_configs, as the official ones
+  spec = importlib.util.spec_from_file_location('score_sde_config', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as error:  # a broken config file: say which and why, in one line
+    raise ConfigError(f'cannot load config file {path}: {type(error).__name__}: {error}') from None
+  return with_defaults(config)
+
+
+def field_names(config):
+  """Every dotted field name of `config`."""
+  names = []
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      names += [f'{key}.{sub}' for sub in field_names(value)]
+    else:
+      names.append(key)
+  return names
+
+
+def suggest(name, known):
+  import difflib
+  close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+  return f" Did you mean '{close[0]}'?" if close else ''
+
+
+def check(config):
+  """Raises ConfigError naming the first field whose value lies outside its domain."""
+  for dotted, field in FIELDS.items():
+    value = _get(config, dotted)
+    if value is REQUIRED:
+      raise ConfigError(f'config has no field {dotted}; set it in the config file or with --config.{dotted}=...')
+    problem = field.domain(value)
+    if problem:
+      raise ConfigError(f'{dotted}={value!r} {problem}.' + (f' ({field.doc})' if field.doc else ''))

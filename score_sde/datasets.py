@@ -22,7 +22,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from score_sde import toy
+from score_sde import parallel, toy
 
 
 class DatasetError(ValueError):
@@ -68,12 +68,6 @@ def augment(images, rng, random_flip, dequantize_levels=None):
   return images
 
 
-def host_rows(batch_size):
-  """The rows of a global batch that this host feeds to its devices."""
-  per_host = batch_size // jax.process_count()
-  return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
-
-
 def _epoch_permutation(seed, epoch, n):
   return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -105,7 +99,7 @@ def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=Fa
     return augment(images, rng, random_flip, levels if uniform_dequantization else None)
 
   def train_batches(start_step):
-    return ({'image': train_batch(step)[host_rows(batch_size)]} for step in itertools.count(start_step))
+    return ({'image': train_batch(step)[parallel.host_rows(batch_size)]} for step in itertools.count(start_step))
 
   def eval_batches():
     for start in range(0, len(test) - eval_batch_size + 1, eval_batch_size):
@@ -127,7 +121,7 @@ def _toy(config, name):
   sample = jax.jit(lambda step: mixture.sample(jax.random.fold_in(jax.random.fold_in(key, 2), step), batch_size))
 
   def train_batches(start_step):
-    return ({'image': np.asarray(sample(step))[host_rows(batch_size)]} for step in itertools.count(start_step))
+    return ({'image': np.asarray(sample(step))[parallel.host_rows(batch_size)]} for step in itertools.count(start_step))
 
   eval_size = config.eval.batch_size
 
@@ -144,7 +138,7 @@ def _digits(config):
   digits = load_digits()
   images = (digits.images / 16.).astype(np.float32)[..., None]
   order = np.random.default_rng(0).permutation(len(images))  # a fixed split, whatever the seed
-  n_test = config.data.get('num_test', 297)
+  n_test = config.data.num_test
   test, train = images[order[:n_test]], images[order[n_test:]]
   if config.data.image_size != 8:
     size = config.data.image_size
@@ -173,12 +167,12 @@ def _tf():
 
 def _tfds_load(config, name, split, **kwargs):
   import tensorflow_datasets as tfds
-  data_dir = config.data.get('data_dir') or None
+  data_dir = config.data.data_dir or None
   absl_logger = logging.getLogger('absl')
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)  # tfds logs its search of data_dir; a missing dataset gets our one line
   try:
-    return tfds.load(name, split=split, download=bool(config.data.get('download', False)), data_dir=data_dir,
+    return tfds.load(name, split=split, download=config.data.download, data_dir=data_dir,
                      **kwargs)
   except (AssertionError, tfds.core.registered.DatasetNotFoundError) as error:
     where = data_dir or os.path.join('~', 'tensorflow_datasets')
@@ -324,7 +318,7 @@ def _tfds_streamed(config, name):
 def _tfrecords(config, name):
   """The official FFHQ / CelebA-HQ TFRecords: {'shape': [C, H, W] int64, 'data': raw uint8 bytes}."""
   tf = _tf()
-  path = config.data.get('tfrecords_path', '')
+  path = config.data.tfrecords_path
   files = sorted(tf.io.gfile.glob(path)) if path else []
   if not files:
     raise DatasetError(f'no TFRecords at data.tfrecords_path={path!r}; set --config.data.tfrecords_path to the '
@@ -347,7 +341,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 def _image_folder(config):
   """Your own images: <data.image_folder>/train/<label>/*.png (and test/ or validation/ for held-out data)."""
   tf = _tf()
-  root = config.data.get('image_folder', '')
+  root = config.data.image_folder
 
   def files(split):
     return sorted(f for f in glob.glob(os.path.join(root, split, '*', '*')) if f.lower().endswith(IMAGE_EXTENSIONS))
@@ -386,15 +380,31 @@ def canonical_name(config):
     name = 'lsun'
   elif name.startswith('lsun/'):
     config_category = name.split('/', 1)[1]
-    if 'category' in config.data and config.data.category != config_category:
+    if config.data.category and config.data.category != config_category:
       raise DatasetError(f'data.dataset={config.data.dataset!r} but data.category={config.data.category!r}.')
     name = 'lsun'
   if name not in _DATASETS:
     raise DatasetError(f'Unknown dataset {config.data.dataset!r}; known: {dataset_names()} '
                        f'(official names {sorted(OFFICIAL_NAMES) + ["LSUN"]} work too).')
-  if name == 'lsun' and not config.data.get('category') and '/' not in config.data.dataset:
+  if name == 'lsun' and not config.data.category and '/' not in config.data.dataset:
     raise DatasetError('LSUN needs a category: set --config.data.category (e.g. church_outdoor, bedroom).')
   return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What the rest of the code needs to know about a dataset, without loading it."""
+  shape: tuple          # one example's shape: (H, W, C) for images, (D,) for points
+  is_image: bool
+  num_levels: int       # grey levels of the stored images (0 for continuous points)
+
+
+def spec(config):
+  name = canonical_name(config)
+  if name in toy.TOY_DISTRIBUTIONS:
+    return Spec(shape=(toy.get_toy_distribution(name).dim,), is_image=False, num_levels=0)
+  size = config.data.image_size
+  return Spec(shape=(size, size, config.data.num_channels), is_image=True, num_levels=17 if name == 'digits' else 256)
 
 
 def get_dataset(config):

@@ -15,7 +15,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from score_sde import checkpoints, datasets, evaluation, likelihood, losses, models, sde_lib, train
+from score_sde import checkpoints, datasets, evaluation, likelihood, losses, models, outputs, parallel, sampling, sde_lib
+from score_sde import state as state_lib
 
 RESULTS_FILE = 'eval_results.json'
 
@@ -39,14 +40,23 @@ def _digits_classifier(config):
 FEATURE_EXTRACTORS = {'inception': _inception, 'digits_classifier': _digits_classifier}
 
 
+def check_feature_extractor(config):
+  """Raises ValueError (one line) when the feature network of config.eval cannot be loaded."""
+  if config.eval.feature_extractor == 'inception':
+    from score_sde import inception
+    check = getattr(inception, 'check_weights', None)
+    if check is not None:
+      check(config.eval.inception_weights)
+    elif not os.path.exists(config.eval.inception_weights):
+      raise ValueError(f'eval.inception_weights={config.eval.inception_weights!r} is not a file. FID needs the '
+                       f'pytorch-fid Inception weights: {inception.CONVERT_COMMAND}.')
+
+
 def feature_extractor_name(config, is_image):
   """'identity' for toy points (the points are their own features), else config.eval.feature_extractor."""
   if not is_image:
     return 'identity'
-  name = config.eval.get('feature_extractor', 'inception')
-  if name not in FEATURE_EXTRACTORS:
-    raise EvalError(f'Unknown eval.feature_extractor {name!r}; known: {sorted(FEATURE_EXTRACTORS)}.')
-  return name
+  return config.eval.feature_extractor
 
 
 def get_feature_fn(config, name):
@@ -67,17 +77,17 @@ def quantize(images):
 def reference_features(config, dataset, name, feature_fn):
   """Features of the training data (the test points for toy data), computed once and cached under eval.stats_dir,
   in a file named by a hash of everything that decides them."""
-  num = int(config.eval.get('num_reference', 50000))
+  num = config.eval.num_reference
   data = config.data
-  identity = {'dataset': data.dataset, 'category': data.get('category', ''), 'image_size': data.get('image_size'),
-              'num_channels': data.get('num_channels'), 'num_test': data.get('num_test'),
-              'data_dir': os.path.abspath(data.data_dir) if data.get('data_dir') else '',
-              'image_folder': os.path.abspath(data.image_folder) if data.get('image_folder') else '',
-              'tfrecords_path': os.path.abspath(data.tfrecords_path) if data.get('tfrecords_path') else '',
+  identity = {'dataset': data.dataset, 'category': data.category, 'image_size': data.image_size,
+              'num_channels': data.num_channels, 'num_test': data.num_test,
+              'data_dir': os.path.abspath(data.data_dir) if data.data_dir else '',
+              'image_folder': os.path.abspath(data.image_folder) if data.image_folder else '',
+              'tfrecords_path': os.path.abspath(data.tfrecords_path) if data.tfrecords_path else '',
               'seed': config.seed if not dataset.is_image else None, 'features': name, 'num_reference': num,
               'inception_weights': (os.path.abspath(config.eval.inception_weights) if name == 'inception' else '')}
   digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-  stats_dir = config.eval.get('stats_dir', '') or os.path.join(os.path.expanduser('~'), '.cache', 'score_sde',
+  stats_dir = config.eval.stats_dir or os.path.join(os.path.expanduser('~'), '.cache', 'score_sde',
                                                                 'stats')
   path = os.path.join(stats_dir, f"{data.dataset.replace('/', '-')}_{name}_{digest}.npz")
   if os.path.exists(path):
@@ -126,6 +136,8 @@ def sample_metrics(features, logits, reference, num_splits=10, num_bootstrap=10,
 # --- rounds on disk -----------------------------------------------------------------------------------------------
 
 def _atomic_savez(path, **arrays):
+  if not parallel.is_main_process():
+    return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'wb') as f:
@@ -133,9 +145,21 @@ def _atomic_savez(path, **arrays):
   os.replace(tmp, path)
 
 
+def _finished_rounds(folder):
+  """The round files present when this evaluation started. Every process decides from this same list, taken
+  before process 0 writes anything new, so they all run the same rounds together."""
+  found = set()
+  for root, _, files in os.walk(folder):
+    found.update(os.path.join(root, f) for f in files if f.endswith('.npz'))
+  return found
+
+
+_FINISHED = set()
+
+
 def _load_or_run(path, compute):
   """A round's arrays: from disk if a previous run finished it, else computed now and saved."""
-  if os.path.exists(path):
+  if path in _FINISHED:
     with np.load(path) as done:
       return {k: done[k] for k in done.files}, False
   arrays = compute()
@@ -147,10 +171,9 @@ def _check_settings(config, round_dir):
   """Finished rounds are reused only under the settings that made them; anything else is refused."""
   settings = {'sampling': config.sampling.to_dict(), 'num_scales': config.model.num_scales, 'seed': config.seed,
               'sde': config.training.sde, 'batch_size': config.eval.batch_size,
-              'likelihood_tolerances': [config.eval.get('likelihood_rtol', 1e-5),
-                                        config.eval.get('likelihood_atol', 1e-5)],
-              'feature_extractor': config.eval.get('feature_extractor', ''),
-              'inception_weights': config.eval.get('inception_weights', ''), 'bpd_dataset': config.eval.bpd_dataset}
+              'likelihood_tolerances': [config.eval.likelihood_rtol, config.eval.likelihood_atol],
+              'feature_extractor': config.eval.feature_extractor,
+              'inception_weights': config.eval.inception_weights, 'bpd_dataset': config.eval.bpd_dataset}
   settings = json.loads(json.dumps(settings))  # tuples → lists, as they read back
   path = os.path.join(round_dir, 'settings.json')
   if os.path.exists(path):
@@ -161,8 +184,9 @@ def _check_settings(config, round_dir):
       raise EvalError(f'{round_dir} holds rounds made with other settings ({", ".join(changed)}); use another '
                       '--eval_folder, or delete that folder to start over.')
   else:
-    os.makedirs(round_dir, exist_ok=True)
-    _atomic_write_json(path, settings)
+    if parallel.is_main_process():
+      os.makedirs(round_dir, exist_ok=True)
+      _atomic_write_json(path, settings)
 
 
 def checkpoint_steps(config, workdir):
@@ -187,6 +211,11 @@ def evaluate(config, workdir, eval_folder='eval'):
   sde, model = sde_lib.get_sde(config), models.get_model(config)
   name = feature_extractor_name(config, dataset.is_image) if ec.enable_sampling else None
   feature_fn = get_feature_fn(config, name) if ec.enable_sampling else None
+  _FINISHED.clear()
+  _FINISHED.update(_finished_rounds(folder))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('eval: finished rounds listed')
   results = {'checkpoints': {}}
   if os.path.exists(results_path):
     with open(results_path) as f:
@@ -195,7 +224,7 @@ def evaluate(config, workdir, eval_folder='eval'):
   sampler = bpd_fn = None
   for step in steps:
     try:
-      state = checkpoints.restore_step(workdir, step, train.abstract_train_state(config))
+      state = checkpoints.restore_step(workdir, step, state_lib.abstract_train_state(config))
     except Exception as error:  # orbax raises many kinds when the saved tree does not fit
       raise EvalError(f'checkpoint {step} in {workdir} does not restore into the state this config builds (a '
                       f'changed model?): {str(error).splitlines()[0][:200]}') from None
@@ -204,37 +233,42 @@ def evaluate(config, workdir, eval_folder='eval'):
     entry = {'step': step}
     if ec.enable_sampling:
       if sampler is None:
-        sampler, score_of = train.get_sampler_and_score(config, sde, model, ec.batch_size)
-      entry.update(_sample_rounds(config, dataset, state, sampler, score_of, feature_fn, name, round_dir, step))
-    if ec.get('enable_loss', False):
+        sampler = sampling.get_sampling_fn(config, sde, (ec.batch_size,) + dataset.shape,
+                                           datasets.get_data_inverse_scaler(config), sharding=parallel.batch_sharding())
+      entry.update(_sample_rounds(config, dataset, state, sde, model, sampler, feature_fn, name, round_dir, step))
+    if ec.enable_loss:
       entry.update(_loss_rounds(config, dataset, state, sde, model, round_dir))
     if ec.enable_bpd:
       if bpd_fn is None:
         bpd_fn = get_bpd_fn(config, sde, dataset)
       entry.update(_bpd_rounds(config, dataset, state, sde, model, bpd_fn, round_dir))
     results['checkpoints'][str(step)] = entry
-    _atomic_write_json(results_path, results)
+    if parallel.is_main_process():
+      _atomic_write_json(results_path, results)
     logging.info('Checkpoint %d: %s', step, json.dumps({k: v for k, v in entry.items() if k != 'step'}))
   return results
 
 
-def _sample_rounds(config, dataset, state, sampler, score_of, feature_fn, name, round_dir, step):
+def _sample_rounds(config, dataset, state, sde, model, sampler, feature_fn, name, round_dir, step):
   ec = config.eval
-  score_fn = score_of(state.params_ema)
+  score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
   num_rounds = -(-ec.num_samples // ec.batch_size)
   feats, logits, nfes, fresh = [], [], [], 0
 
   def draw(r):
     samples, nfe = sampler(jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), r),
                            score_fn)
-    samples = quantize(samples) if dataset.is_image else np.asarray(samples, np.float32)
+    samples = parallel.to_host(samples)
+    samples = quantize(samples) if dataset.is_image else samples.astype(np.float32)
     f, lg = feature_fn(samples / 255. if dataset.is_image else samples)
     out = {'samples': samples, 'features': f, 'nfe': np.asarray(int(nfe))}
     return out if lg is None else {**out, 'logits': lg}
 
+  progress = outputs.Progress(f'eval {step}: sampling', num_rounds, 'round')
   for r in range(num_rounds):
     done, new = _load_or_run(os.path.join(round_dir, f'samples_{r}.npz'), functools.partial(draw, r))
     fresh += new
+    progress.update()
     feats.append(done['features'])
     logits.append(done.get('logits'))
     nfes.append(int(done['nfe']))
@@ -242,8 +276,8 @@ def _sample_rounds(config, dataset, state, sampler, score_of, feature_fn, name, 
   feats = np.concatenate(feats)[:ec.num_samples].astype(np.float64)
   logits = None if logits[0] is None else np.concatenate(logits)[:ec.num_samples]
   reference = reference_features(config, dataset, name, feature_fn).astype(np.float64)
-  metrics = sample_metrics(feats, logits, reference, num_splits=ec.get('num_splits', 10),
-                           num_bootstrap=ec.get('num_bootstrap', 10), seed=config.seed)
+  metrics = sample_metrics(feats, logits, reference, num_splits=ec.num_splits,
+                           num_bootstrap=ec.num_bootstrap, seed=config.seed)
   return {**metrics, 'nfe': float(np.mean(nfes)), 'num_samples': len(feats), 'num_reference': len(reference),
           'feature_extractor': name, 'sampling_rounds_run_now': fresh}
 
@@ -257,8 +291,8 @@ def _loss_rounds(config, dataset, state, sde, model, round_dir):
 
   def compute(i, images):
     noise_state = state.replace(rng=jax.random.fold_in(jax.random.PRNGKey(config.seed + 3), i))
-    batch = {'image': train.full_batch(scaler(images), train.batch_sharding())}
-    return {'loss': np.asarray(step(noise_state, batch)[1]['loss'])}
+    batch = {'image': parallel.full_batch(scaler(images))}
+    return {'loss': parallel.to_host(step(noise_state, batch)[1]['loss'])}
 
   values = [_load_or_run(os.path.join(round_dir, f'loss_{i}.npz'), functools.partial(compute, i, batch['image']))[0]
             ['loss'] for i, batch in enumerate(dataset.eval_batches())]
@@ -270,14 +304,14 @@ def get_bpd_fn(config, sde, dataset):
   dequantized with default_rng(dequantization_seed) (always, as officially), then the probability-flow likelihood."""
   inverse_scaler = datasets.get_data_inverse_scaler(config) if dataset.is_image else None
   likelihood_fn = likelihood.get_likelihood_fn(
-      sde, inverse_scaler, num_levels=dataset.num_levels, sharding=train.batch_sharding(),
-      rtol=config.eval.get('likelihood_rtol', 1e-5), atol=config.eval.get('likelihood_atol', 1e-5))
+      sde, inverse_scaler, num_levels=dataset.num_levels, sharding=parallel.batch_sharding(),
+      rtol=config.eval.likelihood_rtol, atol=config.eval.likelihood_atol)
   scaler = datasets.get_data_scaler(config)
 
   def bpd_fn(score_fn, images, dequantization_seed, key):
     if dataset.is_image:
       images = datasets.uniform_dequantize(images, np.random.default_rng(dequantization_seed), dataset.num_levels)
-    return np.asarray(likelihood_fn(key, score_fn, scaler(images))[0])
+    return parallel.to_host(likelihood_fn(key, score_fn, scaler(images))[0])
   return bpd_fn
 
 
@@ -291,9 +325,9 @@ def _bpd_rounds(config, dataset, state, sde, model, bpd_fn, round_dir):
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), repeat), i)
     return {'bpd': bpd_fn(score_fn, images, [config.seed, repeat, i], key)}
 
-  split = config.eval.get('bpd_dataset', 'test')
+  split = config.eval.bpd_dataset
   batches = dataset.reference_batches if split == 'train' else dataset.eval_batches  # the official bpd_dataset
-  for repeat in range(config.eval.get('bpd_num_repeats', 1)):
+  for repeat in range(config.eval.bpd_num_repeats):
     values = []
     for i, batch in enumerate(b for b in batches() if len(b['image']) == config.eval.batch_size):
       done, new = _load_or_run(os.path.join(round_dir, f'bpd_{repeat}_{i}.npz'),
