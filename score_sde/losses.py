@@ -86,12 +86,13 @@ def get_loss_fn(sde, model, train, reduce_mean=False, continuous=True, likelihoo
   if likelihood_weighting:
     raise ValueError('Likelihood weighting is not supported for discrete SMLD/DDPM training; '
                      'set training.continuous=True or training.likelihood_weighting=False.')
-  if isinstance(sde, sde_lib.VESDE):
-    return get_smld_loss_fn(sde, model, train, reduce_mean)
-  if isinstance(sde, sde_lib.VPSDE):
-    return get_ddpm_loss_fn(sde, model, train, reduce_mean)
-  raise ValueError(f'Discrete training is defined for VESDE (SMLD) and VPSDE (DDPM), not '
-                   f'{type(sde).__name__}; set training.continuous=True.')
+  discrete = {'smld': get_smld_loss_fn, 'ddpm': get_ddpm_loss_fn}
+  if sde.discrete_objective not in discrete:
+    known = ' and '.join(f'{cls.__name__} ({cls.discrete_objective.upper()})'
+                         for cls in sde_lib.SDES.values() if cls.discrete_objective)
+    raise ValueError(f'Discrete training is defined for {known}, not {type(sde).__name__}; '
+                     'set training.continuous=True.')
+  return discrete[sde.discrete_objective](sde, model, train, reduce_mean)
 
 
 def get_optimizer(config):

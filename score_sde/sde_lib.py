@@ -61,6 +61,43 @@ class SDE(abc.ABC):
     """The reverse-time SDE (Eq. 6), or the probability-flow ODE (Eq. 13)."""
     return ReverseSDE(self, score_fn, probability_flow)
 
+  # The Gaussian kernel x_t = α(t) x_0 + σ(t) z, for the few-step samplers (shared/notes/gaussian_kernels.md).
+  def marginal_coeffs(self, t):
+    """(α(t), σ(t)), each (batch,)."""
+    raise NotImplementedError(f'{type(self).__name__} does not tell its Gaussian kernel (marginal_coeffs).')
+
+  def log_snr(self, t):
+    """λ(t) = log(α/σ)."""
+    raise NotImplementedError(f'{type(self).__name__} does not tell its log-SNR (log_snr).')
+
+  def t_from_log_snr(self, lam):
+    """The inverse of log_snr."""
+    raise NotImplementedError(f'{type(self).__name__} does not tell the inverse of its log-SNR (t_from_log_snr).')
+
+  # Sampling end time of the official run_lib.
+  default_sampling_eps = 1e-3
+
+  # The discrete chain the SDE is the limit of.
+  has_ancestral_chain = False  # ancestral_step is defined
+  discrete_objective = None    # 'smld' | 'ddpm': the discrete training loss of losses.py
+
+  def ancestral_step(self, x, t, score):
+    """One ancestral step of the discrete chain: (x_mean, std) with x = x_mean + std z."""
+    raise NotImplementedError(f'{type(self).__name__} has no discrete chain for ancestral sampling.')
+
+  def langevin_alpha(self, t):
+    """α_i of the discrete chain in the Langevin step size (Alg. 4–5 of the paper); 1 without a chain."""
+    return jnp.ones_like(t)
+
+  # How the official networks see time and what they output (the score-function seam of models/utils.py).
+  def time_condition(self, t, continuous):
+    """The time input the official networks receive for SDE time `t`."""
+    raise NotImplementedError(f'SDE class {type(self).__name__} not yet supported.')
+
+  def output_to_score(self, output, t, time_cond, continuous):
+    """The score from the raw network output (default: the network outputs the score)."""
+    return output
+
 
 class ReverseSDE:
   """dx = [f - g^2 score] dt + g dw̄, or the ODE dx = [f - ½ g^2 score] dt."""
@@ -117,6 +154,22 @@ class _LinearBeta(_UnitPrior, SDE):
     """log of the mean scale: -∫_0^t β(s) ds / 2."""
     return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
+  def t_from_log_alpha(self, log_alpha):
+    """Root of ¼ Δβ t² + ½ β_min t + log α = 0, in the form that does not cancel near t = 0."""
+    half_b = 0.5 * self.beta_0
+    return -2. * log_alpha / (half_b + jnp.sqrt(half_b ** 2 - (self.beta_1 - self.beta_0) * log_alpha))
+
+  def langevin_alpha(self, t):
+    return self.alphas[self.timestep_index(t)]
+
+  def time_condition(self, t, continuous):
+    """DDPM-style networks take the (float) step index; continuous models use 999 t."""
+    return t * 999 if continuous else t * (self.N - 1)
+
+  def output_to_score(self, output, t, time_cond, continuous):
+    """The network predicts the noise z; score = -z / std."""
+    return batch_mul(-1. / self.marginal_prob(jnp.zeros_like(output), t)[1], output)
+
 
 class VPSDE(_LinearBeta):
   """Variance preserving: dx = -½ β(t) x dt + sqrt(β(t)) dw."""
@@ -145,6 +198,33 @@ class VPSDE(_LinearBeta):
     f = batch_mul(jnp.sqrt(alpha), x) - x
     return f, jnp.sqrt(beta)
 
+  def marginal_coeffs(self, t):
+    """α = exp(log α), σ = sqrt(1 - α²) = sqrt(-expm1(2 log α))."""
+    log_alpha = self.log_mean_coeff(t)
+    return jnp.exp(log_alpha), jnp.sqrt(-jnp.expm1(2. * log_alpha))
+
+  def log_snr(self, t):
+    log_alpha = self.log_mean_coeff(t)
+    return log_alpha - 0.5 * jnp.log(-jnp.expm1(2. * log_alpha))
+
+  def t_from_log_snr(self, lam):
+    """log α = -½ log(1 + e^{-2λ}), then the quadratic in t."""
+    return self.t_from_log_alpha(-0.5 * jax.nn.softplus(-2. * lam))
+
+  has_ancestral_chain = True
+  discrete_objective = 'ddpm'
+
+  def ancestral_step(self, x, t, score):
+    """DDPM (Eq. 7 of Ho et al.): x ← (x + β_i s) / sqrt(1 - β_i) + sqrt(β_i) z."""
+    beta = self.discrete_betas[self.timestep_index(t)]
+    return batch_mul(1. / jnp.sqrt(1. - beta), x + batch_mul(beta, score)), jnp.sqrt(beta)
+
+  def output_to_score(self, output, t, time_cond, continuous):
+    """Discrete DDPM networks: std from the table at the step index."""
+    if continuous:
+      return super().output_to_score(output, t, time_cond, continuous)
+    return batch_mul(-1. / self.sqrt_1m_alphas_cumprod[time_cond.astype(jnp.int32)], output)
+
 
 class subVPSDE(_LinearBeta):
   """Sub-VP: the VP drift with diffusion β(t)(1 - exp(-2∫β)), Eq. 29.
@@ -163,6 +243,24 @@ class subVPSDE(_LinearBeta):
     mean = batch_mul(jnp.exp(log_mean_coeff), x)
     std = 1. - jnp.exp(2. * log_mean_coeff)
     return mean, std
+
+  def marginal_coeffs(self, t):
+    """α = exp(log α), σ = 1 - α² = -expm1(2 log α)."""
+    log_alpha = self.log_mean_coeff(t)
+    return jnp.exp(log_alpha), -jnp.expm1(2. * log_alpha)
+
+  def log_snr(self, t):
+    log_alpha = self.log_mean_coeff(t)
+    return log_alpha - jnp.log(-jnp.expm1(2. * log_alpha))
+
+  def t_from_log_snr(self, lam):
+    """α = 2 e^λ / (1 + sqrt(1 + 4 e^{2λ})), in logs: log α = log 2 + λ - softplus(½ softplus(2λ + log 4))."""
+    log_alpha = np.log(2.) + lam - jax.nn.softplus(0.5 * jax.nn.softplus(2. * lam + np.log(4.)))
+    return self.t_from_log_alpha(log_alpha)
+
+  def time_condition(self, t, continuous):
+    """Sub-VP networks are always continuous: 999 t."""
+    return t * 999
 
 
 class VESDE(SDE):
@@ -196,6 +294,32 @@ class VESDE(SDE):
     D = np.prod(z.shape[1:])
     return (-D / 2. * np.log(2 * np.pi * self.sigma_max ** 2)
             - _sum_except_batch(z ** 2) / (2 * self.sigma_max ** 2))
+
+  default_sampling_eps = 1e-5
+
+  def marginal_coeffs(self, t):
+    return jnp.ones_like(t), self.sigma(t)
+
+  def log_snr(self, t):
+    return -(np.log(self.sigma_min) + t * np.log(self.sigma_max / self.sigma_min))
+
+  def t_from_log_snr(self, lam):
+    return (-lam - np.log(self.sigma_min)) / np.log(self.sigma_max / self.sigma_min)
+
+  has_ancestral_chain = True
+  discrete_objective = 'smld'
+
+  def ancestral_step(self, x, t, score):
+    """SMLD (Eq. 47): x ← x + (σ_i² - σ_{i-1}²) s + sqrt(σ_{i-1}² (σ_i² - σ_{i-1}²) / σ_i²) z."""
+    sigma, previous = self.adjacent_sigmas(t)
+    x_mean = x + batch_mul(sigma ** 2 - previous ** 2, score)
+    return x_mean, jnp.sqrt(previous ** 2 * (sigma ** 2 - previous ** 2) / sigma ** 2)
+
+  def time_condition(self, t, continuous):
+    if continuous:
+      return self.sigma(t)  # NCSN++ embeds log σ(t)
+    # SMLD networks take the index into the descending noise table.
+    return jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32)
 
   def adjacent_sigmas(self, t):
     """σ_i and σ_{i-1} (0 below the first level) of the step that t falls in."""

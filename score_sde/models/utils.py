@@ -1,8 +1,5 @@
 """The model registry and the seam from a network to a score function s(x, t)."""
 import flax
-import jax.numpy as jnp
-
-from score_sde import sde_lib
 
 _MODELS = {}
 
@@ -46,28 +43,13 @@ def check_unet_config(config):
 
 
 def time_condition(sde, t, continuous):
-  """The time input the official networks receive for SDE time `t`."""
-  if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-    # DDPM-style networks take the (float) step index; continuous models use 999 t.
-    return t * 999 if continuous or isinstance(sde, sde_lib.subVPSDE) else t * (sde.N - 1)
-  if isinstance(sde, sde_lib.VESDE):
-    if continuous:
-      return sde.sigma(t)  # NCSN++ embeds log σ(t)
-    # SMLD networks take the index into the descending noise table.
-    return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-  raise NotImplementedError(f'SDE class {type(sde).__name__} not yet supported.')
+  """The time input the official networks receive for SDE time `t` (the SDE knows its convention)."""
+  return sde.time_condition(t, continuous)
 
 
 def output_to_score(sde, output, t, time_cond, continuous):
-  """Turns the raw network output into the score."""
-  if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-    # The network predicts the noise z; score = -z / std.
-    if continuous or isinstance(sde, sde_lib.subVPSDE):
-      std = sde.marginal_prob(jnp.zeros_like(output), t)[1]
-    else:
-      std = sde.sqrt_1m_alphas_cumprod[time_cond.astype(jnp.int32)]
-    return sde_lib.batch_mul(-1. / std, output)
-  return output  # VE networks output the score (NCSN++ divides by σ itself).
+  """Turns the raw network output into the score (the SDE knows what its networks output)."""
+  return sde.output_to_score(output, t, time_cond, continuous)
 
 
 @flax.struct.dataclass

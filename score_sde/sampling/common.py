@@ -1,0 +1,88 @@
+"""What every sampler shares: the noise source, batch sharding, the data prediction, time grids, checks."""
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from score_sde.sde_lib import batch_mul
+
+
+def standard_normal(rng, shape):
+  """The one source of Gaussian noise in the samplers (tests replace `sampling.standard_normal`)."""
+  return jax.random.normal(rng, shape)
+
+
+def normal(rng, shape):
+  """`sampling.standard_normal` as the package holds it when the sampler is traced."""
+  from score_sde import sampling
+  return sampling.standard_normal(rng, shape)
+
+
+def shard_batch(x, sharding):
+  """Places the batch axis of x across devices (e.g. NamedSharding(mesh, P('data'))); XLA shards the loop."""
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def require(condition, message):
+  if not condition:
+    raise ValueError(message)
+
+
+def resolve_eps(sde, eps):
+  """The final time: `eps`, or the SDE's own default when it is None or <= 0."""
+  return sde.default_sampling_eps if eps is None or eps <= 0 else float(eps)
+
+
+def check_num_steps(num_steps):
+  require(isinstance(num_steps, int) and num_steps >= 2,
+          f'sampling.num_steps={num_steps!r} is too few; use an integer >= 2.')
+
+
+def check_gaussian_kernel(sde, method):
+  """The few-step samplers need x_t = α x_0 + σ z and λ(t) with its inverse."""
+  try:
+    t = jnp.asarray([sde.T])
+    sde.marginal_coeffs(t)
+    sde.t_from_log_snr(sde.log_snr(t))
+  except NotImplementedError as error:
+    raise ValueError(f"sampling.method={method!r} cannot serve {type(sde).__name__}: {error} "
+                     "Use sampling.method='pc' or 'ode'.") from None
+
+
+def vec(t, x):
+  """The scalar time t as the (batch,) vector a score function takes."""
+  return jnp.full((x.shape[0],), t)
+
+
+def data_prediction(sde, score_fn, x, t):
+  """x̂_0(x_t, t) = (x_t + σ² s(x_t, t)) / α = E[x_0 | x_t] (Tweedie), for a scalar t."""
+  alpha, sigma = sde.marginal_coeffs(vec(t, x))
+  return batch_mul(1. / alpha, x + batch_mul(sigma ** 2, score_fn(x, vec(t, x))))
+
+
+def time_grid(sde, num_steps, eps, skip_type='logSNR'):
+  """num_steps + 1 times from T down to eps, uniform in λ = log(α/σ) ('logSNR') or in t ('time_uniform')."""
+  skip = skip_type.lower()
+  require(skip in ('logsnr', 'time_uniform'),
+          f"sampling.skip_type={skip_type!r} is unknown; use 'logSNR' or 'time_uniform'.")
+  if skip == 'time_uniform':
+    return jnp.linspace(sde.T, eps, num_steps + 1)
+  lam_T, lam_eps = sde.log_snr(jnp.asarray([sde.T, eps]))
+  t = sde.t_from_log_snr(jnp.linspace(lam_T, lam_eps, num_steps + 1))
+  return t.at[0].set(sde.T).at[-1].set(eps)  # the ends exactly
+
+
+def make_sampler(sde, shape, loop, nfe, eps, denoise, inverse_scaler, sharding):
+  """sampler(rng, score_fn, z=None) -> (x, nfe): z (or a prior draw) at T, `loop` to eps, then the
+  optional Tweedie step x̂_0(x, eps) (+1 nfe). `loop(rng, score_fn, x) -> x`; all of it one XLA program."""
+  inverse_scaler = inverse_scaler or (lambda x: x)
+
+  @eqx.filter_jit
+  def sampler(rng, score_fn, z=None):
+    rng, prior_rng = jax.random.split(rng)
+    x = shard_batch(sde.prior_sampling(prior_rng, shape) if z is None else z, sharding)
+    x = loop(rng, score_fn, x)
+    if denoise:
+      x = data_prediction(sde, score_fn, x, eps)
+    return inverse_scaler(x), jnp.asarray(nfe + int(denoise), jnp.int32)
+
+  return sampler
