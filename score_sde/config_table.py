@@ -151,8 +151,9 @@ FIELDS = {
     # controllable generation (--mode sample; score_sde/conditioning.py)
     'sampling.condition': Field('none', one_of('none', 'inpaint', 'colorize', 'class'),
                                 'inpaint/colorize held-out images (PC sampler), or class-conditional samples'),
-    'sampling.mask': Field('half', one_of('half', 'box', 'random'),
-                           'inpaint: unknown right half, centred box, or random pixels'),
+    'sampling.mask': Field('half', lambda v: None if v in ('half', 'box', 'random') or str(v).endswith('.npy') else
+                           "must be 'half', 'box', 'random' or a .npy file (1 = known)",
+                           'inpaint: unknown right half, centred box, random pixels, or a mask file'),
     'sampling.mask_fraction': Field(0.5, open_unit, 'inpaint: fraction of pixels unknown (box area, random pixels)'),
     'sampling.labels': Field('', lambda v: None if isinstance(v, (str, tuple, list)) else
                              "must be class ids, e.g. '0,1,2' or (0, 1, 2)", "class: ids to sample; '' = every class"),
