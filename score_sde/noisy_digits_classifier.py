@@ -58,16 +58,21 @@ class NoisyDigitsClassifier(nn.Module):
 def get_log_prob_fn(variables=None, sde=None, centered=True):
   """log_prob_fn(x, t) -> (n, 10) log p_t(y | x): the form controllable.classifier_guided_score takes.
 
-  x is the SDE state; with centered=False (data in [0, 1]) it is mapped to [-1, 1] first.
+  x is the state of any SDE, x = α x(0) + s z with x(0) in [-1, 1] (centered; else [0, 1], mapped first).
+  The classifier saw VP states (α² + σ² = 1); x / sqrt(α² + s²) is the VP state of the same signal-to-noise
+  ratio, with σ = s / sqrt(α² + s²), so one classifier serves every SDE (for VP the factor is 1).
   """
   variables = load() if variables is None else variables
   sde = quickstart_sde() if sde is None else sde
   model = NoisyDigitsClassifier()
 
   def log_prob_fn(x, t):
-    sigma = sde.marginal_prob(x, t)[1]
-    x = x if centered else 2. * x - 1.
-    return jax.nn.log_softmax(model.apply(variables, x, sigma), axis=-1)
+    alpha, s = sde.marginal_prob(jnp.ones((x.shape[0], 1)), t)
+    alpha = alpha[:, 0]
+    if not centered:  # α x0 + s z with x0 in [0, 1] → α (2 x0 - 1) + 2 s z
+      x, s = 2. * x - sde_lib.batch_mul(alpha, jnp.ones_like(x)), 2. * s
+    norm = jnp.sqrt(alpha ** 2 + s ** 2)
+    return jax.nn.log_softmax(model.apply(variables, sde_lib.batch_mul(1. / norm, x), s / norm), axis=-1)
   return log_prob_fn
 
 
@@ -145,7 +150,7 @@ def save(variables, path=WEIGHTS):
 
 def load(path=WEIGHTS):
   """The shipped variables (or those at `path`)."""
-  path = pathlib.Path(path)
+  path = pathlib.Path(WEIGHTS if path is None else path)
   if not path.exists():
     raise FileNotFoundError(f'noisy digits classifier weights {path} are absent; '
                             'write them with `python experiments/train_noisy_digits_classifier.py`')

@@ -1,10 +1,12 @@
 """Controllable generation: parity with the official code (controllable_steps) and exact mixture checks."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_rel_close, load_reference
+from conftest import REPO, assert_rel_close, load_reference
 from score_sde import controllable, sampling, sde_lib, toy
 
 SDES = {
@@ -285,3 +287,85 @@ def test_inpainting_check_rejects_euler_maruyama_alone(inpaint_problem):
   failures, figures = conditional_failures(*_inpaint(inpaint_problem, 'euler_maruyama', 'none'), 0.06, 0.06)
   print('\ninpainting euler_maruyama+none:', figures)
   assert failures
+
+
+# ---------------------------------------------------------------- conditioning (run.py --mode sample)
+
+def quickstart_config(**sampling_fields):
+  from score_sde import config_table
+  config = config_table.load(str(REPO / 'configs' / 'quickstart.py'))
+  config.model.num_scales = 20  # a short chain: these tests check the wiring, not the samples
+  config.eval.batch_size = 16
+  for key, value in sampling_fields.items():
+    config.sampling[key] = value
+  return config
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(condition='colorize'), 'Colorization needs RGB data'),
+    (dict(condition='class'), 'needs a classifier'),
+    (dict(condition='class', classifier='noisy_digits', labels='3,12'), 'outside the classifier'),
+    (dict(condition='class', classifier='noisy_digits', labels='three'), 'class ids'),
+    (dict(condition='inpaint', classifier='noisy_digits'), "guidance needs sampling.condition='class'"),
+    (dict(condition='inpaint', mask='box', mask_fraction=0.001), 'no pixel unknown'),
+    (dict(condition='class', classifier='/nonexistent/wrn_checkpoint'), 'no such file'),
+])
+def test_check_refuses_bad_input_in_one_line(fields, message):
+  from score_sde import conditioning
+  with pytest.raises(ValueError, match=message) as error:
+    conditioning.check(quickstart_config(**fields))
+  assert '\n' not in str(error.value)
+
+
+def test_check_refuses_a_mask_file_of_the_wrong_shape(tmp_path):
+  from score_sde import conditioning
+  np.save(tmp_path / 'mask.npy', np.ones((5, 5)))
+  with pytest.raises(ValueError, match=r'has shape \(5, 5\)'):
+    conditioning.check(quickstart_config(condition='inpaint', mask=str(tmp_path / 'mask.npy')))
+  mask = np.ones((8, 8))
+  mask[2:6, 2:6] = 0
+  np.save(tmp_path / 'mask.npy', mask)
+  conditioning.check(quickstart_config(condition='inpaint', mask=str(tmp_path / 'mask.npy')))
+
+
+def test_masks():
+  from score_sde import conditioning
+  shape = (3, 8, 8, 1)
+  half = conditioning.make_mask('half', 0.5, shape)
+  assert half[:, :, :4].min() == 1 and half[:, :, 4:].max() == 0
+  box = conditioning.make_mask('box', 0.25, shape)
+  assert box.sum() == 3 * (64 - 16) and box[:, 2:6, 2:6].max() == 0
+  random = conditioning.make_mask('random', 0.5, (64, 8, 8, 3))
+  assert abs(random.mean() - 0.5) < 0.02 and np.all(random == random[..., :1])
+
+
+@pytest.mark.parametrize('condition', ['inpaint', 'class'])
+def test_run_writes_grid_npz_and_metrics(tmp_path, monkeypatch, condition):
+  """run() end to end with the score of N(0, I) data (exact for VP) in place of a trained network."""
+  from PIL import Image
+
+  from score_sde import conditioning, models
+  monkeypatch.setattr(models, 'get_score_fn', lambda *args, **kwargs: (lambda x, t: -x))
+  monkeypatch.setattr(models, 'get_model', lambda config: None)
+  fields = dict(condition=condition, num_inputs=3, num_completions=2)
+  if condition == 'class':
+    fields.update(classifier='noisy_digits', labels='1,7', guidance_scale=2.)
+  config = quickstart_config(**fields)
+  conditioning.check(config)
+  state = type('State', (), {'step': 7, 'params_ema': {}})()
+  metrics = conditioning.run(config, str(tmp_path), state)
+  stem = tmp_path / 'samples' / f'{condition}_step_7'
+  picture = np.asarray(Image.open(f'{stem}.png'))
+  arrays = np.load(f'{stem}.npz')
+  if condition == 'inpaint':
+    assert arrays['completions'].shape == (3, 2, 8, 8, 1)
+    # the known half is the original (up to the noise-free mean at eps): the sampler kept it
+    known = arrays['mask'][:, None] == 1
+    err = np.abs(arrays['completions'] - arrays['originals'][:, None])[np.broadcast_to(known, (3, 2, 8, 8, 1))]
+    assert err.max() < 2e-3
+    assert metrics['mse_filled_region'] > 0 and metrics['mse_random_training_image'] > 0
+    assert picture.shape[0] * (5 * 9 + 1) == picture.shape[1] * (3 * 9 + 1)  # 3 rows of original, mask, input, 2
+  else:
+    assert arrays['samples'].shape == (4, 8, 8, 1) and list(arrays['labels']) == [1, 1, 7, 7]
+    assert set(metrics['accuracy_per_class']) == {'1', '7'}
+  assert json.loads((tmp_path / 'samples' / f'{condition}_step_7.json').read_text())['step'] == 7
