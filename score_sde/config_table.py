@@ -59,6 +59,25 @@ def probability(v):
   return None if _is_real(v) and 0 <= v < 1 else 'must lie in [0, 1)'
 
 
+def unit_interval(v):
+  return None if _is_real(v) and 0 <= v <= 1 else 'must lie in [0, 1]'
+
+
+def at_least(low):
+  def domain(v):
+    return None if _is_int(v) and v >= low else f'must be an integer >= {low}'
+  return domain
+
+
+def mask_kind(v):
+  ok = v in ('half', 'box', 'random') or (isinstance(v, str) and v.endswith('.npy'))
+  return None if ok else "must be 'half', 'box', 'random' or a .npy file (1 = known)"
+
+
+def class_ids(v):
+  return None if isinstance(v, (str, tuple, list)) else "must be class ids, e.g. '0,1,2' or (0, 1, 2)"
+
+
 def boolean(v):
   return None if isinstance(v, bool) else 'must be True or False'
 
@@ -135,12 +154,12 @@ FIELDS = {
     'sampling.rtol': Field(1e-5, positive, 'ODE sampler tolerances'),
     'sampling.atol': Field(1e-5, positive),
     'sampling.eps': Field(0., real, 'final sampling time; <= 0 is the SDE default (1e-5 VE, 1e-3 VP and sub-VP)'),
-    'sampling.num_steps': Field(20, lambda v: positive_int(v) or (None if v >= 2 else 'must be at least 2'),
+    'sampling.num_steps': Field(20, at_least(2),
                                 'ddim, dpm_solver++: steps (score evaluations); edm_heun: noise levels'),
     'sampling.order': Field(2, one_of(1, 2, 3), 'dpm_solver++: multistep order'),
     'sampling.skip_type': Field('logSNR', one_of('logSNR', 'time_uniform'),
                                 'ddim, dpm_solver++: steps uniform in log-SNR or in t'),
-    'sampling.eta': Field(0., lambda v: None if _is_real(v) and 0 <= v <= 1 else 'must lie in [0, 1]',
+    'sampling.eta': Field(0., unit_interval,
                           'ddim: 0 deterministic, 1 ancestral'),
     'sampling.rho': Field(7., positive, 'edm_heun: noise-level spacing'),
     'sampling.s_churn': Field(0., nonneg, 'edm_heun: churn (0 = deterministic)'),
@@ -151,12 +170,10 @@ FIELDS = {
     # controllable generation (--mode sample; score_sde/conditioning.py)
     'sampling.condition': Field('none', one_of('none', 'inpaint', 'colorize', 'class'),
                                 'inpaint/colorize held-out images (PC sampler), or class-conditional samples'),
-    'sampling.mask': Field('half', lambda v: None if v in ('half', 'box', 'random') or str(v).endswith('.npy') else
-                           "must be 'half', 'box', 'random' or a .npy file (1 = known)",
+    'sampling.mask': Field('half', mask_kind,
                            'inpaint: unknown right half, centred box, random pixels, or a mask file'),
     'sampling.mask_fraction': Field(0.5, open_unit, 'inpaint: fraction of pixels unknown (box area, random pixels)'),
-    'sampling.labels': Field('', lambda v: None if isinstance(v, (str, tuple, list)) else
-                             "must be class ids, e.g. '0,1,2' or (0, 1, 2)", "class: ids to sample; '' = every class"),
+    'sampling.labels': Field('', class_ids, "class: ids to sample; '' = every class"),
     'sampling.guidance_scale': Field(1., nonneg, 'class: weight of grad log p_t(y | x) in the score'),
     'sampling.classifier': Field('', string, "class: 'noisy_digits', its .npz weights, or an official "
                                  'WideResnet (CIFAR-10) Flax checkpoint'),

@@ -24,6 +24,12 @@ def validate(config, mode='train', workdir=None):
     model_class = models.utils.get_model_class(config.model.name)
     sampling.get_sampling_fn(config, sde, (jax.device_count(),) + datasets.spec(config).shape)  # checks options
     losses.get_loss_fn(sde, None, True, tc.reduce_mean, tc.continuous, tc.likelihood_weighting)
+    spec = datasets.spec(config)
+    takes_images = getattr(model_class, 'takes_images', True)
+    if takes_images != spec.is_image:
+      raise ValueError(f'model.name={config.model.name!r} takes {"images" if takes_images else "vector data"}, not '
+                       f'the {"images" if spec.is_image else "points"} of data.dataset={config.data.dataset!r}; '
+                       f'use {"mlp" if spec.is_image is False else "an image model such as ncsnpp"}.')
     check = getattr(model_class, 'check_config', None)
     if check is not None:
       check(config)

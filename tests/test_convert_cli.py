@@ -17,7 +17,8 @@ def test_official_flax_checkpoint_converts_and_samples(tmp_path):
   sys.path.insert(0, str(REPO))
   from configs.quickstart import get_config
   from score_sde.models import convert
-  config = get_config()
+  from score_sde import config_table
+  config = config_table.with_defaults(get_config())
   config.model.nf = 16
   shapes, _ = convert.abstract_variables(config)
   rng = np.random.default_rng(0)

@@ -15,7 +15,8 @@ QUICKSTART = str(REPO / 'configs' / 'quickstart.py')
 
 def small_config(**data):
   from configs.quickstart import get_config
-  config = get_config()
+  from score_sde import config_table
+  config = config_table.with_defaults(get_config())
   config.training.batch_size = 4
   config.eval.batch_size = 4
   config.data.uniform_dequantization = False

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import evaluate
+from score_sde import evaluate, state as state_lib
 from test_run_cli import REPO, finish, run_cli
 
 QUICKSTART = str(REPO / 'configs' / 'quickstart.py')
@@ -19,7 +19,8 @@ TINY = ['--config.model.nf=16', '--config.model.num_scales=20', '--config.eval.n
 
 def _tiny_config(stats_dir):
   from configs.quickstart import get_config
-  config = get_config()
+  from score_sde import config_table
+  config = config_table.with_defaults(get_config())
   config.model.nf = 16
   config.data.num_test = 64
   config.training.snapshot_freq = 10
@@ -34,7 +35,7 @@ def untrained_run(tmp_path_factory):
   from score_sde import checkpoints, train
   workdir = tmp_path_factory.mktemp('run')
   config = _tiny_config(workdir / 'stats')
-  state = train.create_train_state(config, jax.random.PRNGKey(config.seed)).replace(step=jnp.asarray(10))
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(config.seed)).replace(step=jnp.asarray(10))
   run = checkpoints.RunCheckpoints(str(workdir))
   run.save(state, permanent=True)
   run.close()

@@ -1,4 +1,5 @@
 """run.py end to end: exact resume after SIGKILL, and one clear line with exit code 2 for bad input."""
+import json
 import os
 import pathlib
 import random
@@ -98,18 +99,23 @@ def test_a_corrupt_latest_checkpoint_is_skipped(short_run, tmp_path):
 
 
 BAD_INPUTS = {
-    'unknown sde': (['--config.training.sde=cosine'], "Unknown SDE 'cosine'"),
-    'unknown model': (['--config.model.name=unet9000'], "Unknown model 'unet9000'"),
-    'unknown predictor': (['--config.sampling.predictor=heun'], "Unknown predictor 'heun'"),
-    'unknown corrector': (['--config.sampling.corrector=mala'], "Unknown corrector 'mala'"),
+    'unknown sde': (['--config.training.sde=cosine'], "training.sde='cosine' must be one of"),
+    'unknown model': (['--config.model.name=unet9000'], "model.name='unet9000' must be one of"),
+    'unknown predictor': (['--config.sampling.predictor=heun'], "sampling.predictor='heun' must be one of"),
+    'unknown corrector': (['--config.sampling.corrector=mala'], "sampling.corrector='mala' must be one of"),
     'unknown dataset': (['--config.data.dataset=imagenet64'], "Unknown dataset 'imagenet64'"),
-    'unknown field': (['--config.training.batchsize=8'], 'batchsize'),
+    'unknown field': (['--config.training.batchsize=8'], "Did you mean 'training.batch_size'?"),
+    'unknown section': (['--config.trainin.n_iters=5'], "Did you mean 'training.n_iters'?"),
     'bad override': (['--config.training.batch_size=many'], 'batch_size'),
+    'zero batch': (['--config.training.batch_size=0'], 'training.batch_size=0 must be a positive integer'),
+    'negative batch': (['--config.training.batch_size=-4'], 'training.batch_size=-4 must be a positive integer'),
     'unknown flag': (['--epochs=3'], 'unknown flag --epochs'),
     'no mode': ([], '--mode is required'),
+    'unknown mode': (['--mode=trian'], "--mode='trian' is not a mode"),
+    'missing config file': (['--config=configs/no_such_config.py'], "config file 'configs/no_such_config.py' does "
+                            'not exist'),
     'discrete subvp': (['--config.training.sde=subvpsde', '--config.training.continuous=False'],
                        'Discrete training is defined for VESDE'),
-    'n_jitted mismatch': (['--config.training.n_jitted_steps=7'], 'not a multiple of training.n_jitted_steps=7'),
     'model cannot take the data': (['--config.data.dataset=digits'], 'mlp'),
     'sample without a checkpoint': (['--mode=sample'], 'no checkpoint in'),
 }
@@ -120,10 +126,15 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_workdir(tmp_path, case):
   args, expected = BAD_INPUTS[case]
   if case != 'no mode' and not any(a.startswith('--mode') for a in args):
     args = ['--mode=train'] + args
+  if any(a.startswith('--config=') for a in args):  # replaces the default config
+    config = [a for a in args if a.startswith('--config=')][0].split('=', 1)[1]
+    args = [a for a in args if not a.startswith('--config=')]
+  else:
+    config = TOY
   workdir = tmp_path / 'work'
   workdir.mkdir()
   (workdir / 'notes.txt').write_text('keep me')
-  code, out, err = finish(run_cli(workdir, *args))
+  code, out, err = finish(run_cli(workdir, *args, config=config))
   lines = [line for line in err.splitlines() if line.strip()]
   assert code == 2, err[-2000:]
   assert len(lines) == 1 and 'Traceback' not in err, err
@@ -158,3 +169,71 @@ def test_checkpoints_of_another_config_are_not_silently_replaced(short_run, tmp_
   assert code == 2 and lines and 'none restores' in lines[0], err[-2000:]
   after = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*') if 'tensorboard' not in str(p))
   assert before == after
+
+
+@pytest.mark.parametrize('flag', ['--help', '-h'])
+def test_help_prints_usage_and_exits_0(flag):
+  result = subprocess.run([sys.executable, str(REPO / 'run.py'), flag], env=ENV, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
+  for text in ('usage: python run.py', 'train', 'eval', 'sample', 'likelihood', '--config.<section>.<field>=<value>'):
+    assert text in result.stdout
+
+
+def test_events_happen_at_their_steps_whatever_n_jitted_steps(tmp_path):
+  """n_iters=7, n_jitted_steps=5, log_freq=3: the loss is logged at steps 3 and 6 and step 7 is saved."""
+  workdir = tmp_path / 'w'
+  code, out, err = finish(run_cli(workdir, '--mode=train', '--config.training.n_iters=7',
+                                  '--config.training.n_jitted_steps=5', '--config.training.log_freq=3',
+                                  '--config.training.eval_freq=4', '--config.training.snapshot_freq=100',
+                                  '--config.training.snapshot_freq_for_preemption=5',
+                                  '--config.training.snapshot_sampling=False', '--config.training.batch_size=16',
+                                  '--config.model.nf=8'))
+  assert code == 0, err[-2000:]
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records if 'loss' in r] == [3, 6]
+  assert [r['step'] for r in records if 'eval_loss' in r] == [4]
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [7]
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints-meta').iterdir()) == [7]
+  assert out.startswith('Training ') and 'starting from scratch' in out
+
+
+def test_a_second_training_on_a_live_workdir_exits_2_naming_the_holder(tmp_path):
+  workdir = tmp_path / 'w'
+  first = run_cli(workdir, '--mode=train', *SMALL, '--config.training.n_iters=100000')
+  try:
+    deadline = time.time() + 300
+    while not (workdir / 'metrics.jsonl').exists() and time.time() < deadline and first.poll() is None:
+      time.sleep(0.5)
+    assert first.poll() is None, first.communicate()[1][-2000:]
+    code, _, err = finish(run_cli(workdir, '--mode=train', *SMALL, '--config.training.n_iters=100000'))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert f'pid {first.pid}' in lines[0] and 'in use by a running training' in lines[0], lines[0]
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+
+DATASET_FAMILIES = {
+    'cifar10': ('vp/cifar10_ddpmpp_continuous.py', 'cifar10'),
+    'celeba': ('ve/celeba_ncsnpp.py', 'celeb_a'),
+    'lsun': ('ve/church_ncsnpp_continuous.py', 'lsun'),
+    'ffhq tfrecords': ('ve/ffhq_ncsnpp_continuous.py', 'tfrecords'),
+    'celebahq tfrecords': ('ve/celebahq_256_ncsnpp_continuous.py', 'tfrecords'),
+}
+
+
+@pytest.mark.parametrize('family', list(DATASET_FAMILIES))
+def test_a_paper_config_reaches_its_missing_dataset(tmp_path, family):
+  rel, expected = DATASET_FAMILIES[family]
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  workdir = tmp_path / 'w'
+  code, _, err = finish(run_cli(workdir, '--mode=train', f'--config.data.data_dir={empty}',
+                                f'--config.data.tfrecords_path={empty / "missing.tfrecords"}',
+                                config=str(REPO / 'configs' / rel)))
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert code == 2 and len(lines) == 1 and 'Traceback' not in err, err[-3000:]
+  assert lines[0].startswith('error:') and expected in lines[0], lines[0]
+  assert not workdir.exists()

@@ -213,7 +213,8 @@ def test_likelihood_eval_passes_overrides_and_tabulates(tmp_path, fake_run, monk
 
 def test_workdir_config_rebuilds_the_saved_config(tmp_path):
   from configs.toy import gmm
-  config = gmm.get_config()
+  from score_sde import config_table
+  config = config_table.with_defaults(gmm.get_config())
   config.model.ch_mult = (1, 2)
   (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
   assert workdir_config.get_config(str(tmp_path)).to_dict() == config.to_dict()

@@ -1,5 +1,4 @@
 """End to end: train the MLP on the 2-D mixture with the real loss and step, then sample."""
-import importlib.util
 import pathlib
 
 import jax
@@ -11,10 +10,8 @@ CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'toy' / 'gmm.
 
 
 def load_config(path):
-  spec = importlib.util.spec_from_file_location('config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from score_sde import config_table
+  return config_table.load(str(path))
 
 
 def test_trained_mlp_samples_pass_the_mixture_checks():

@@ -16,12 +16,7 @@ class MLP(nn.Module):
   """
   config: ml_collections.ConfigDict
 
-  @staticmethod
-  def check_config(config):
-    from score_sde import toy
-    if config.data.dataset not in toy.TOY_DISTRIBUTIONS:
-      raise ValueError(f'Model mlp takes vector data (a toy dataset: {sorted(toy.TOY_DISTRIBUTIONS)}), not '
-                       f'{config.data.dataset!r} images; pick an image model such as ncsnpp.')
+  takes_images = False  # vector data (batch, D): the toy datasets
 
   @nn.compact
   def __call__(self, x, time_cond, train=False):

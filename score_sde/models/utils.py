@@ -31,11 +31,8 @@ def get_model(config):
 
 
 def check_unet_config(config):
-  """Image U-Nets halve the resolution len(ch_mult) - 1 times and need images to work on."""
-  from score_sde import toy
+  """Image U-Nets halve the resolution len(ch_mult) - 1 times."""
   name = config.model.name
-  if config.data.dataset in toy.TOY_DISTRIBUTIONS:
-    raise ValueError(f'Model {name} takes images, not the vector data of {config.data.dataset!r}; use model mlp.')
   levels = len(config.model.ch_mult) - 1
   if config.data.image_size % (2 ** levels):
     raise ValueError(f'Model {name} halves the resolution {levels} times (ch_mult={tuple(config.model.ch_mult)}), '
