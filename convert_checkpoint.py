@@ -54,11 +54,11 @@ def main(argv):
       return fail(f'--{name} is required.')
   if not os.path.isfile(FLAGS.checkpoint):
     return fail(f'no checkpoint file at {FLAGS.checkpoint}.')
-  from score_sde import run_lib
-  if run_lib.has_checkpoint(FLAGS.workdir):
+  from score_sde import checkpoints, config_table
+  if checkpoints.has_checkpoint(FLAGS.workdir):
     return fail(f'{FLAGS.workdir} already holds checkpoints; pick a new --workdir.')
   try:
-    convert(FLAGS.config, FLAGS.checkpoint, FLAGS.workdir, FLAGS.step)
+    convert(config_table.with_defaults(FLAGS.config), FLAGS.checkpoint, FLAGS.workdir, FLAGS.step)
   except (ValueError, ImportError) as error:
     return fail(str(error).replace('\n', ' '))
   print(f'wrote {FLAGS.workdir}: sample with  python run.py --config <same config> --workdir {FLAGS.workdir} '

@@ -24,6 +24,11 @@ def _manager(workdir, subdir, max_to_keep):
                                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
+def has_checkpoint(workdir):
+  return any(os.path.isdir(os.path.join(workdir, d)) and os.listdir(os.path.join(workdir, d))
+             for d in (PREEMPTION_DIR, PERMANENT_DIR))
+
+
 class RunCheckpoints:
   """Saves a train state to both kinds of checkpoint and restores the latest good one."""
 

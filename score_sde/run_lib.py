@@ -13,11 +13,6 @@ class RunFailed(RuntimeError):
   """A run that started but could not finish."""
 
 
-def has_checkpoint(workdir):
-  return any(os.path.isdir(os.path.join(workdir, d)) and os.listdir(os.path.join(workdir, d))
-             for d in (checkpoints.PREEMPTION_DIR, checkpoints.PERMANENT_DIR))
-
-
 def _restore(config, workdir):
   state = checkpoints.restore(workdir, state_lib.abstract_train_state(config))
   if state is None:

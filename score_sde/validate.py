@@ -4,7 +4,7 @@ Each field is checked against its domain in `config_table`; this module adds the
 """
 import jax
 
-from score_sde import config_table, datasets, losses, models, sampling, sde_lib
+from score_sde import checkpoints, config_table, datasets, losses, models, sampling, sde_lib
 
 ConfigError = config_table.ConfigError
 
@@ -41,8 +41,7 @@ def validate(config, mode='train', workdir=None):
     _require(value % devices == 0, f'{field}={value} does not divide across {devices} devices; use a multiple '
              f'of {devices}.')
   if mode != 'train':
-    from score_sde import run_lib
-    _require(workdir is None or run_lib.has_checkpoint(workdir),
+    _require(workdir is None or checkpoints.has_checkpoint(workdir),
              f'no checkpoint in {workdir}; train first (--mode train) or point --workdir at a trained run.')
   if mode == 'eval':
     _check_eval(config)
