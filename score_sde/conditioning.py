@@ -183,7 +183,7 @@ def inpaint(config, sde, score_fn, rng):
   inpainter = controllable.get_pc_inpainter(sde, (n * k,) + originals.shape[1:],
                                             **_pc_options(config, sde, inverse_scaler))
   x, nfe = inpainter(rng, score_fn, scaler(jnp.asarray(_repeat(originals, k))), jnp.asarray(_repeat(mask, k)))
-  completions = np.asarray(x).reshape((n, k) + originals.shape[1:])
+  completions = np.clip(np.asarray(x), 0., 1.).reshape((n, k) + originals.shape[1:])  # as images
   unknown = 1. - mask[:, None]
   mse = np.sum(unknown * (completions - originals[:, None]) ** 2) / np.sum(unknown)
   # For scale: a training image in place of each completion (the training split in its fixed shuffled order).
@@ -205,7 +205,7 @@ def colorize(config, sde, score_fn, rng):
   colorizer = controllable.get_pc_colorizer(sde, (n * k,) + originals.shape[1:],
                                             **_pc_options(config, sde, inverse_scaler))
   x, nfe = colorizer(rng, score_fn, scaler(jnp.asarray(_repeat(gray, k))))
-  completions = np.asarray(x).reshape((n, k) + originals.shape[1:])
+  completions = np.clip(np.asarray(x), 0., 1.).reshape((n, k) + originals.shape[1:])
   mse = np.mean((completions - originals[:, None]) ** 2)
   mask = np.broadcast_to(np.asarray(controllable.gray_mask(jnp.asarray(gray)))[..., :1], gray.shape)
   rows = [[o, m, g] + list(c) for o, m, g, c in zip(originals, mask, gray, completions)]

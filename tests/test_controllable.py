@@ -369,3 +369,22 @@ def test_run_writes_grid_npz_and_metrics(tmp_path, monkeypatch, condition):
     assert arrays['samples'].shape == (4, 8, 8, 1) and list(arrays['labels']) == [1, 1, 7, 7]
     assert set(metrics['accuracy_per_class']) == {'1', '7'}
   assert json.loads((tmp_path / 'samples' / f'{condition}_step_7.json').read_text())['step'] == 7
+
+
+def test_colorize_task_keeps_the_gray_level(monkeypatch):
+  """conditioning.colorize on RGB images (held-out data replaced): completions have the input's gray level."""
+  from score_sde import conditioning
+  images = np.random.default_rng(0).uniform(0.2, 0.8, size=(2, 8, 8, 3)).astype(np.float32)
+  monkeypatch.setattr(conditioning, 'held_out_images', lambda config, n: images[:n])
+  config = quickstart_config(condition='colorize', num_inputs=2, num_completions=2, corrector='langevin')
+  config.data.num_channels = 3
+  conditioning.check(config)
+  sde = sde_lib.get_sde(config)
+  def score_fn(x, t):  # data N(0, 0.1² I) in [-1, 1]: colours stay inside the picture, so no clipping
+    a, s = sde.marginal_prob(jnp.ones_like(t), t)
+    return -x / (0.01 * a ** 2 + s ** 2)[:, None, None, None]
+  rows, arrays, metrics = conditioning.colorize(config, sde, score_fn, jax.random.PRNGKey(0))
+  gray = arrays['completions'].mean(-1)
+  np.testing.assert_allclose(gray, np.broadcast_to(images.mean(-1)[:, None], gray.shape), atol=2e-3)
+  assert arrays['completions'].std(-1).mean() > 0.01  # colour was sampled, not copied from the gray input
+  assert len(rows) == 2 and len(rows[0]) == 5 and metrics['nfe'] == 2 * 20
