@@ -254,9 +254,9 @@ class subVPSDE(_LinearBeta):
     return log_alpha - jnp.log(-jnp.expm1(2. * log_alpha))
 
   def t_from_log_snr(self, lam):
-    """α = 2 e^λ / (1 + sqrt(1 + 4 e^{2λ})), in logs: log α = log 2 + λ - softplus(½ softplus(2λ + log 4))."""
-    log_alpha = np.log(2.) + lam - jax.nn.softplus(0.5 * jax.nn.softplus(2. * lam + np.log(4.)))
-    return self.t_from_log_alpha(log_alpha)
+    """α = (-1 + sqrt(1 + 4 e^{2λ})) / (2 e^λ) = 2 / (e^{-λ} + sqrt(e^{-2λ} + 4)), so log α = -asinh(e^{-λ}/2):
+    no cancellation near T (α → 0) nor near 0 (α → 1)."""
+    return self.t_from_log_alpha(-jnp.arcsinh(0.5 * jnp.exp(-lam)))
 
   def time_condition(self, t, continuous):
     """Sub-VP networks are always continuous: 999 t."""

@@ -98,3 +98,49 @@ def test_get_sde_rejects_unknown_names():
   config = ml_collections.ConfigDict({'training': {'sde': 'cosine'}, 'model': {}})
   with pytest.raises(ValueError, match="Unknown SDE 'cosine'.*vesde"):
     sde_lib.get_sde(config)
+
+
+# ---------------------------------------------------------------- the Gaussian kernel (shared/notes/gaussian_kernels.md)
+
+def kernel_float64(name, t):
+  """α, σ in float64 from the notes' table."""
+  if name == 'vesde':
+    return np.ones_like(t), 0.01 * (50. / 0.01) ** t
+  alpha = np.exp(-0.25 * t ** 2 * 19.9 - 0.5 * t * 0.1)
+  return alpha, (np.sqrt(1. - alpha ** 2) if name == 'vpsde' else 1. - alpha ** 2)
+
+
+@pytest.mark.parametrize('name', list(SDES))
+def test_marginal_coeffs_and_log_snr_match_the_notes(name):
+  sde = SDES[name]()
+  t = np.concatenate([[1e-5, 1e-3], np.linspace(0.01, 1., 100)])
+  alpha, sigma = kernel_float64(name, t)
+  got_alpha, got_sigma = sde.marginal_coeffs(jnp.asarray(t, jnp.float32))
+  np.testing.assert_allclose(got_alpha, alpha, rtol=1e-5)
+  np.testing.assert_allclose(got_sigma, sigma, rtol=1e-4)
+  np.testing.assert_allclose(sde.log_snr(jnp.asarray(t, jnp.float32)), np.log(alpha / sigma), atol=2e-5, rtol=1e-4)
+  # The same kernel as the official marginal_prob (whose float32 sqrt(1 - α²) cancels near t = 0: 0.7% at 1e-5).
+  mean, std = sde.marginal_prob(jnp.ones((len(t), 1)), jnp.asarray(t, jnp.float32))
+  np.testing.assert_allclose(mean[:, 0], got_alpha, rtol=1e-6)
+  np.testing.assert_allclose(std, got_sigma, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', list(SDES))
+def test_t_from_log_snr_inverts_log_snr_in_closed_form(name):
+  """t(λ) at float64 log-SNRs over the whole range, including sub-VP near T where the naive form cancels."""
+  sde = SDES[name]()
+  t = np.concatenate([[1e-5, 1e-3], np.linspace(0.01, 1., 100)])
+  alpha, sigma = kernel_float64(name, t)
+  got = sde.t_from_log_snr(jnp.asarray(np.log(alpha / sigma), jnp.float32))
+  np.testing.assert_allclose(got, t, rtol=2e-4, atol=1e-7)  # atol: λ ~ 4.6 itself rounds in float32
+
+
+def test_each_sde_tells_its_discrete_chain():
+  ve, vp, subvp = SDES['vesde'](), SDES['vpsde'](), SDES['subvpsde']()
+  assert (ve.default_sampling_eps, vp.default_sampling_eps, subvp.default_sampling_eps) == (1e-5, 1e-3, 1e-3)
+  assert ve.has_ancestral_chain and vp.has_ancestral_chain and not subvp.has_ancestral_chain
+  t = jnp.full((2,), 0.5)
+  np.testing.assert_array_equal(ve.langevin_alpha(t), 1.)
+  np.testing.assert_allclose(vp.langevin_alpha(t), 1. - vp.discrete_betas[499])
+  with pytest.raises(NotImplementedError):
+    subvp.ancestral_step(jnp.ones((2, 1)), t, jnp.ones((2, 1)))

@@ -40,9 +40,8 @@ def check_num_steps(num_steps):
 def check_gaussian_kernel(sde, method):
   """The few-step samplers need x_t = α x_0 + σ z and λ(t) with its inverse."""
   try:
-    t = jnp.asarray([sde.T])
-    sde.marginal_coeffs(t)
-    sde.t_from_log_snr(sde.log_snr(t))
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)  # traced only, nothing runs
+    jax.eval_shape(lambda t: (sde.marginal_coeffs(t), sde.t_from_log_snr(sde.log_snr(t))), t)
   except NotImplementedError as error:
     raise ValueError(f"sampling.method={method!r} cannot serve {type(sde).__name__}: {error} "
                      "Use sampling.method='pc' or 'ode'.") from None
@@ -59,12 +58,14 @@ def data_prediction(sde, score_fn, x, t):
   return batch_mul(1. / alpha, x + batch_mul(sigma ** 2, score_fn(x, vec(t, x))))
 
 
+def check_skip_type(skip_type):
+  require(skip_type.lower() in ('logsnr', 'time_uniform'),
+          f"sampling.skip_type={skip_type!r} is unknown; use 'logSNR' or 'time_uniform'.")
+
+
 def time_grid(sde, num_steps, eps, skip_type='logSNR'):
   """num_steps + 1 times from T down to eps, uniform in λ = log(α/σ) ('logSNR') or in t ('time_uniform')."""
-  skip = skip_type.lower()
-  require(skip in ('logsnr', 'time_uniform'),
-          f"sampling.skip_type={skip_type!r} is unknown; use 'logSNR' or 'time_uniform'.")
-  if skip == 'time_uniform':
+  if skip_type.lower() == 'time_uniform':
     return jnp.linspace(sde.T, eps, num_steps + 1)
   lam_T, lam_eps = sde.log_snr(jnp.asarray([sde.T, eps]))
   t = sde.t_from_log_snr(jnp.linspace(lam_T, lam_eps, num_steps + 1))
@@ -73,7 +74,8 @@ def time_grid(sde, num_steps, eps, skip_type='logSNR'):
 
 def make_sampler(sde, shape, loop, nfe, eps, denoise, inverse_scaler, sharding):
   """sampler(rng, score_fn, z=None) -> (x, nfe): z (or a prior draw) at T, `loop` to eps, then the
-  optional Tweedie step x̂_0(x, eps) (+1 nfe). `loop(rng, score_fn, x) -> x`; all of it one XLA program."""
+  optional Tweedie step x̂_0(x, eps) (+1 nfe). `loop(rng, score_fn, x) -> x`; all of it one XLA program
+  (time grids too: they are computed while tracing, not op by op when the sampler is built)."""
   inverse_scaler = inverse_scaler or (lambda x: x)
 
   @eqx.filter_jit

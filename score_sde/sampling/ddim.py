@@ -7,7 +7,7 @@ From s to t: x̂_0 = x̂_0(x_s, s), ε̂ = (x_s - α_s x̂_0) / σ_s,
 import jax
 import jax.numpy as jnp
 
-from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, data_prediction, make_sampler,
+from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, check_skip_type, data_prediction, make_sampler,
                                        normal, require, resolve_eps, time_grid)
 from score_sde.sampling.registry import register_sampler
 
@@ -19,12 +19,14 @@ def get_ddim_sampler(sde, shape, num_steps=20, eta=0., skip_type='logSNR', eps=N
   check_gaussian_kernel(sde, 'ddim')
   check_num_steps(num_steps)
   require(0 <= eta <= 1, f'sampling.eta={eta!r} lies outside [0, 1]; use 0 (deterministic) to 1 (ancestral).')
+  check_skip_type(skip_type)
   eps = resolve_eps(sde, eps)
-  t = time_grid(sde, num_steps, eps, skip_type)
-  alpha, sigma = sde.marginal_coeffs(t)
-  lam = sde.log_snr(t)
 
   def loop(rng, score_fn, x):
+    t = time_grid(sde, num_steps, eps, skip_type)
+    alpha, sigma = sde.marginal_coeffs(t)
+    lam = sde.log_snr(t)
+
     def step(x, inputs):
       s, alpha_s, sigma_s, lam_s, alpha_t, sigma_t, lam_t, step_rng = inputs
       x0 = data_prediction(sde, score_fn, x, s)

@@ -11,7 +11,7 @@ The first steps use the orders their history allows.
 import jax
 import jax.numpy as jnp
 
-from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, data_prediction, make_sampler,
+from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, check_skip_type, data_prediction, make_sampler,
                                        require, resolve_eps, time_grid)
 from score_sde.sampling.registry import register_sampler
 
@@ -45,16 +45,18 @@ def get_dpm_solver_sampler(sde, shape, num_steps=20, order=2, skip_type='logSNR'
   check_gaussian_kernel(sde, 'dpm_solver++')
   check_num_steps(num_steps)
   require(order in (1, 2, 3), f'sampling.order={order!r} is outside 1–3; use 1, 2 or 3.')
+  check_skip_type(skip_type)
   eps = resolve_eps(sde, eps)
-  t = time_grid(sde, num_steps, eps, skip_type)
-  alpha, sigma = sde.marginal_coeffs(t)
-  lam = sde.log_snr(t)
-  h = lam[1:] - lam[:-1]
-  h_before = jnp.concatenate([jnp.ones(2), h])  # h_{i-1}, h_{i-2} (unused in the first steps)
-  step_order = jnp.minimum(jnp.arange(num_steps) + 1, order)
   updates = (_first_order, _second_order, _third_order)[:order]
 
   def loop(rng, score_fn, x):
+    t = time_grid(sde, num_steps, eps, skip_type)
+    alpha, sigma = sde.marginal_coeffs(t)
+    lam = sde.log_snr(t)
+    h = lam[1:] - lam[:-1]
+    h_before = jnp.concatenate([jnp.ones(2), h])  # h_{i-1}, h_{i-2} (unused in the first steps)
+    step_order = jnp.minimum(jnp.arange(num_steps) + 1, order)
+
     def step(carry, inputs):
       x, m1, m2 = carry
       s, h, h1, h2, sigma_ratio, alpha_t, k = inputs

@@ -33,9 +33,6 @@ def get_edm_sampler(sde, shape, num_steps=20, rho=7., s_churn=0., s_tmin=0., s_t
   require(s_churn >= 0 and s_noise >= 0, f'sampling.s_churn={s_churn!r} and sampling.s_noise={s_noise!r} '
           'must be non-negative.')
   eps = resolve_eps(sde, eps)
-  t, levels = noise_levels(sde, num_steps, eps, rho)
-  in_churn_range = (levels >= s_tmin) & (levels <= s_tmax)
-  gamma = jnp.where(in_churn_range, min(s_churn / num_steps, np.sqrt(2.) - 1.), 0.)
 
   def denoiser(score_fn, x_tilde, t):
     """D(x̃; σ̃(t)) = x̂_0(α(t) x̃, t)."""
@@ -43,6 +40,10 @@ def get_edm_sampler(sde, shape, num_steps=20, rho=7., s_churn=0., s_tmin=0., s_t
     return data_prediction(sde, score_fn, alpha[0] * x_tilde, t)
 
   def loop(rng, score_fn, x):
+    t, levels = noise_levels(sde, num_steps, eps, rho)
+    in_churn_range = (levels >= s_tmin) & (levels <= s_tmax)
+    gamma = jnp.where(in_churn_range, min(s_churn / num_steps, np.sqrt(2.) - 1.), 0.)
+
     def step(x, inputs):
       t_cur, t_next, sigma_cur, sigma_next, gamma, step_rng = inputs
       # Churn: raise the noise level to σ̂ = (1 + γ) σ̃_i by adding fresh noise.
@@ -50,7 +51,8 @@ def get_edm_sampler(sde, shape, num_steps=20, rho=7., s_churn=0., s_tmin=0., s_t
       t_hat = t_cur
       if s_churn > 0:
         t_hat = jnp.where(gamma > 0, sde.t_from_log_snr(-jnp.log(sigma_hat)), t_cur)
-        x = x + jnp.sqrt(sigma_hat ** 2 - sigma_cur ** 2) * s_noise * normal(step_rng, x.shape)
+        # sqrt(σ̂² - σ̃_i²) = σ̃_i sqrt(γ (2 + γ)), never the square root of a rounded-negative difference.
+        x = x + sigma_cur * jnp.sqrt(gamma * (2. + gamma)) * s_noise * normal(step_rng, x.shape)
       # Euler step, then the trapezoidal (Heun) correction.
       d = (x - denoiser(score_fn, x, t_hat)) / sigma_hat
       x_next = x + (sigma_next - sigma_hat) * d
