@@ -40,11 +40,10 @@ class RunCheckpoints:
   def save(self, state, permanent=False):
     step = int(jax.device_get(state.step))
     managers = [self.preemption] + ([self.permanent] if permanent else [])
-    for manager in managers:
+    for manager in managers:  # one after the other: across processes, orbax's barriers are named by the step
       if step not in manager.all_steps():
         manager.save(step, args=ocp.args.StandardSave(state))
-    for manager in managers:
-      manager.wait_until_finished()
+        manager.wait_until_finished()
 
   def candidates(self):
     """(step, manager) of every saved step, newest first."""

@@ -11,13 +11,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 CLUSTER_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES', 'JAX_COORDINATOR_ADDRESS')
 
 
-def initialize(coordinator_address=None, num_processes=None, process_id=None,
-               heartbeat_timeout_seconds=60, shutdown_timeout_seconds=60):
+def initialize(coordinator_address=None, num_processes=None, process_id=None):
   """Starts jax.distributed: with explicit flags, or in a cluster environment that JAX detects.
 
-  On CPU the cross-process collectives run over gloo. A process that loses a peer fails after the heartbeat
-  timeout instead of hanging.
+  On CPU the cross-process collectives run over gloo. When a process dies, the others stop (abort) once the
+  coordination service misses its heartbeats for SCORE_SDE_HEARTBEAT_TIMEOUT seconds (default 60), instead of
+  hanging in a collective; SCORE_SDE_SHUTDOWN_TIMEOUT (default 60) bounds the wait for peers at exit.
   """
+  heartbeat_timeout_seconds = int(os.environ.get('SCORE_SDE_HEARTBEAT_TIMEOUT', 60))
+  shutdown_timeout_seconds = int(os.environ.get('SCORE_SDE_SHUTDOWN_TIMEOUT', 60))
   explicit = coordinator_address is not None
   detected = any(os.environ.get(name) not in (None, '', '0', '1') for name in CLUSTER_ENV[:3]) or \
       bool(os.environ.get('JAX_COORDINATOR_ADDRESS'))

@@ -82,7 +82,7 @@ def train(config, workdir, dataset=None, config_path=''):
         batch = {'image': parallel.global_batch(scaler(next(train_iter)['image']))}
         state, metrics = train_step(state, batch)
         chunk.append(metrics)
-      loss = np.asarray([m['loss'] for m in chunk])
+      loss = np.asarray([parallel.to_host(m['loss']) for m in chunk])
       if not np.all(np.isfinite(loss)):
         bad = step + int(np.argmin(np.isfinite(loss))) + 1
         raise TrainingDiverged(f'Loss is {loss[~np.isfinite(loss)][0]} at step {bad}; stopped. '
@@ -92,7 +92,7 @@ def train(config, workdir, dataset=None, config_path=''):
         now = time.perf_counter()
         rate = (step - tick_step) / (now - tick)
         log.write(step, {'loss': loss[-1], 'learning_rate': learning_rate(step - 1),
-                         'grad_norm': np.asarray(chunk[-1]['grad_norm']), 'steps_per_sec': rate})
+                         'grad_norm': parallel.to_host(chunk[-1]['grad_norm']), 'steps_per_sec': rate})
         progress.update(step - tick_step, note=f'loss {loss[-1]:.4g}')
         tick, tick_step = now, step
       if step % tc.eval_freq == 0:
@@ -100,7 +100,8 @@ def train(config, workdir, dataset=None, config_path=''):
         if batch is None:
           eval_iter = dataset.eval_batches()
           batch = next(eval_iter)
-        log.write(step, {'eval_loss': eval_step(state, {'image': parallel.full_batch(scaler(batch['image']))})})
+        eval_batch = {'image': parallel.full_batch(scaler(batch['image']))}
+        log.write(step, {'eval_loss': parallel.to_host(eval_step(state, eval_batch))})
       permanent = step % tc.snapshot_freq == 0 or step == tc.n_iters
       if permanent or step % tc.snapshot_freq_for_preemption == 0:
         run_checkpoints.save(state, permanent=permanent)
