@@ -6,14 +6,22 @@ training step is the continuous VP loss (reduce_mean, dropout 0.1 active), its g
 warmup + global-norm clipping + Adam, and the EMA update, all in one jitted call.
 Statistic: median over --iters timed calls after --warmup calls (compile time excluded).
 
-  python benchmarks/network_speed.py [--nf 64] [--batch 16] [--ynn-fusion] [--two-pass-variance]
+  python benchmarks/network_speed.py [--nf 64] [--batch 16] [--donate] [--conv-dtype bfloat16] [--step-only]
+  SCORE_SDE_XLA_FLAGS= python benchmarks/network_speed.py      # without score_sde's default XLA flags
 
---ynn-fusion sets XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution
-(see ENV_NOTES.md); it must be decided before JAX starts, hence a flag.
+The machine-independent number is the last line's ratio, measured in the same run: 252.5 GFLOP
+(fixed: XLA's count for the official JAX step, so a changed graph cannot move it) / median step
+time / best rate of a jitted 2048^2 float32 jnp.dot. The official PyTorch step is at 0.55 of it
+here (1.79 s against 258 GFLOP/s), 0.64 with flush-denormal.
 """
 import argparse
+import collections
+import glob
+import gzip
 import importlib.util
 import json
+import re
+import tempfile
 import os
 import pathlib
 import statistics
@@ -23,6 +31,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OFFICIAL_JSON = REPO.parent / 'shared' / 'reference' / 'timing_official_pytorch_cpu.json'
 OFFICIAL_FALLBACK = {'train_step_ms_median': 1906.7, 'forward_nograd_ms_median': 526.9}  # first run in that file
+STEP_GFLOP = 252.5  # XLA's cost analysis of the official JAX step, nf=64, batch 16
+OFFICIAL_RATIO = 0.55  # official PyTorch step, 1.79 s, against a 258 GFLOP/s matmul in the same window
 
 
 def parse_args():
@@ -31,14 +41,16 @@ def parse_args():
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--iters', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=3)
-  parser.add_argument('--ynn-fusion', action='store_true', help='XLA CPU flag from ENV_NOTES.md')
+  parser.add_argument('--donate', action='store_true', help='jit the step with donate_argnums=0')
+  parser.add_argument('--conv-dtype', default=None, help='config.model.conv_dtype, e.g. bfloat16')
+  parser.add_argument('--step-only', action='store_true', help='time only the training step')
+  parser.add_argument('--profile', action='store_true', help='trace 3 training steps and break their time down')
   parser.add_argument('--two-pass-variance', action='store_true',
                       help='GroupNorm with E[(x-mean)^2] instead of E[x^2]-E[x]^2 (the default, as flax)')
   return parser.parse_args()
 
 
 def load_config(nf):
-  sys.path.insert(0, str(REPO))
   path = REPO / 'configs' / 'vp' / 'cifar10_ddpmpp_continuous.py'
   spec = importlib.util.spec_from_file_location('ddpmpp_config', path)
   module = importlib.util.module_from_spec(spec)
@@ -48,25 +60,122 @@ def load_config(nf):
   return config
 
 
-def median_ms(fn, args, iters, warmup):
-  import jax  # pylint: disable=import-outside-toplevel
+def timed(call, iters, warmup):
+  """Median and min wall ms, median process-CPU ms of `call()` (which blocks)."""
   for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
+    call()
   times, cpu = [], []
   for _ in range(iters):
     start, start_cpu = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
+    call()
     times.append(1e3 * (time.perf_counter() - start))
     cpu.append(1e3 * (time.process_time() - start_cpu))
   return statistics.median(times), min(times), statistics.median(cpu)
 
 
+def matmul_gflops(n=2048, iters=20):
+  """Best rate of a jitted n x n float32 jnp.dot."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n))
+  dot = jax.jit(jnp.dot)
+  _, best, _ = timed(lambda: dot(a, b).block_until_ready(), iters, 3)
+  return 2 * n ** 3 / best / 1e6
+
+
+def _hlo_index(hlo_text):
+  """Instruction name -> (kind of work, op_name metadata) for every instruction of a compiled HLO module."""
+  computations, current = {}, None
+  for line in hlo_text.splitlines():
+    head = re.match(r'(?:ENTRY )?%(\S+) \(.*\{$', line)
+    if head:
+      current = computations.setdefault(head.group(1), [])
+    elif current is not None and ' = ' in line:
+      current.append(line)
+
+  def kind(lines):
+    ops = {m.group(1) for m in (re.search(r'= \S+ ([a-z\-]+)\(', l) for l in lines) if m}
+    calls = [c for l in lines for c in re.findall(r'calls=%([\w.\-]+)', l)]
+    for c in calls:
+      ops |= {kind(computations.get(c, []))}
+    for name, marks in (('convolution', {'convolution', 'convolution (ynn/fused)'}), ('dot', {'dot'}),
+                        ('rng (threefry)', {'xor', 'shift-right-logical', 'rng (threefry)'}),
+                        ('reduce', {'reduce', 'reduce-window'})):
+      if ops & marks:
+        return name
+    if ops <= {'parameter', 'transpose', 'copy', 'bitcast', 'reshape', 'tuple', 'get-tuple-element',
+               'transpose/copy'}:
+      return 'transpose/copy'
+    return 'elementwise/other'
+
+  index = {}
+  for comp, lines in computations.items():
+    for line in lines:
+      name = re.match(r'\s*(?:ROOT )?%(\S+) = ', line)
+      if not name:
+        continue
+      called = re.findall(r'calls=%([\w.\-]+)', line)
+      opcode = re.search(r'= \S+ ([a-z\-]+)\(', line) or re.search(r'= \(.*?\) ([a-z\-]+)\(', line)
+      what = kind([computations.get(c, []) for c in called][0]) if called else kind([line])
+      if opcode and opcode.group(1) == 'copy':
+        what = 'transpose/copy'
+      if opcode and opcode.group(1) == 'fusion' and name.group(1).startswith('transpose_copy'):
+        what = 'transpose/copy'
+      op_name = re.search(r'op_name="([^"]*)"', ' '.join([line] + [l for c in called for l in computations.get(c, [])
+                                                                    if 'op_name' in l][-1:]))
+      index[name.group(1)] = (what, op_name.group(1) if op_name else '')
+  return index
+
+
+def _module_of(op_name):
+  """The innermost flax module class on an op_name path (AttnBlockpp_0/NIN_2/... -> NIN), or the step part."""
+  parts = [re.sub(r'_\d+$', '', p) for p in op_name.split('/') if re.match(r'[A-Z]\w*_\d+$', p)]
+  for group in ('Dropout', 'GroupNorm', 'AttnBlockpp'):
+    if group in parts:
+      return group
+  if parts:
+    return parts[-1]
+  return 'outside the network (loss, optimizer, EMA)' if 'NCSNpp' not in op_name else 'NCSNpp (own ops)'
+
+
+def profile(compiled, call, steps=3):
+  """Per-thunk XLA time of `steps` calls, by kind of work and by flax module, as fractions of the total."""
+  import jax  # pylint: disable=import-outside-toplevel
+  index = _hlo_index(compiled.as_text())
+  with tempfile.TemporaryDirectory() as tmp:
+    start = time.perf_counter()
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for _ in range(steps):
+        call()
+    wall = (time.perf_counter() - start) / steps
+    path, = glob.glob(f'{tmp}/**/perfetto_trace.json.gz', recursive=True)
+    events = json.load(gzip.open(path))
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  by_kind, by_module, total = collections.Counter(), collections.Counter(), 0.
+  for e in events:
+    op = (e.get('args') or {}).get('hlo_op')
+    if e.get('ph') != 'X' or not op or op not in index or e['name'].startswith('end:'):
+      continue
+    what, op_name = index[op]
+    if what == 'elementwise/other' and ('while' in op or 'call' in op):
+      continue  # a loop or call thunk: its body's thunks are counted themselves
+    by_kind[what] += e['dur']
+    by_module[_module_of(op_name)] += e['dur']
+    total += e['dur']
+  busy = total / steps / 1e3
+  print(f'\nProfile of {steps} training steps: {wall * 1e3:.0f} ms wall per step, thunks busy {busy:.0f} ms '
+        f'per step ({busy / wall / 1e3:.2f} of the 2 cores\' worth of wall time counts twice)')
+  for title, counter in (('by kind of work', by_kind), ('by flax module (innermost)', by_module)):
+    print(f'  {title}:')
+    for name, dur in counter.most_common(12):
+      print(f'    {name:45s} {dur / total:6.1%} {dur / steps / 1e3:8.0f} ms')
+
+
 def main():
   args = parse_args()
-  if args.ynn_fusion:
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                               ' --xla_cpu_experimental_ynn_fusion_type=-individual_convolution').strip()
+  sys.path.insert(0, str(REPO))
   import jax  # pylint: disable=import-outside-toplevel
+  import score_sde  # pylint: disable=import-outside-toplevel,unused-import  (sets XLA_FLAGS before the backend starts)
   from score_sde import losses, models, sde_lib  # pylint: disable=import-outside-toplevel
   from score_sde.models import layers  # pylint: disable=import-outside-toplevel
 
@@ -77,6 +186,9 @@ def main():
       setattr(sys.modules[f'score_sde.models.{module}'], 'group_norm', group_norm)
 
   config = load_config(args.nf)
+  if args.conv_dtype:
+    config.model.conv_dtype = args.conv_dtype
+  matmul = [matmul_gflops()]
   model = models.get_model(config)
   sde = sde_lib.get_sde(config)
   size = config.data.image_size
@@ -88,37 +200,50 @@ def main():
 
   rows = []
 
-  def bench(label, fn, fn_args, official=None):
+  def bench(label, fn, fn_args, official=None, donate=False, profile_it=False):
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*fn_args).compile()
+    compiled = jax.jit(fn, donate_argnums=0 if donate else ()).lower(*fn_args).compile()
     compile_s = time.perf_counter() - start
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
-    med, best, cpu = median_ms(compiled, fn_args, args.iters, args.warmup)
+    if donate:  # the step consumes its state: feed each call's state to the next, as a training loop does
+      carry = [jax.tree.map(lambda a: a.copy(), fn_args[0])]
+      def call():
+        carry[0] = jax.block_until_ready(compiled(carry[0], *fn_args[1:])[0])
+    else:
+      def call():
+        jax.block_until_ready(compiled(*fn_args))
+    med, best, cpu = timed(call, args.iters, args.warmup)
+    if profile_it:
+      profile(compiled, call)
     rows.append((label, med, best, cpu, compile_s, flops / 1e9, flops / 1e6 / med, official))
     print(f'  {label}: {med:.1f} ms', flush=True)
+    return med
 
   official = dict(OFFICIAL_FALLBACK)
   if OFFICIAL_JSON.exists():
     official.update(json.loads(OFFICIAL_JSON.read_text())['runs'][0])
 
   print(f'DDPM++ nf={args.nf}, batch {args.batch}, {size}x{size}x3, {n_params:,} parameters; '
-        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}, GroupNorm variance: '
-        f'{"two-pass" if args.two_pass_variance else "E[x^2]-E[x]^2"}', flush=True)
-
-  bench('forward (eval, t*999)', lambda p, x, t: model.apply({'params': p}, x, t * 999, train=False),
-        (params, x, t), official['forward_nograd_ms_median'])
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; conv_dtype={config.model.get("conv_dtype", "float32")}; '
+        f'donate={args.donate}; GroupNorm variance: {"two-pass" if args.two_pass_variance else "E[x^2]-E[x]^2"}',
+        flush=True)
 
   loss_fn = losses.get_sde_loss_fn(sde, model, train=True, reduce_mean=True, continuous=True)
   batch = {'image': x}
-  bench('loss forward (train mode)', lambda p, b, r: loss_fn(r, p, b), (params, batch, rng))
-  bench('loss value_and_grad', lambda p, b, r: jax.value_and_grad(loss_fn, argnums=1)(r, p, b),
-        (params, batch, rng))
+  if not args.step_only:
+    bench('forward (eval, t*999)', lambda p, x, t: model.apply({'params': p}, x, t * 999, train=False),
+          (params, x, t), official['forward_nograd_ms_median'])
+    bench('loss forward (train mode)', lambda p, b, r: loss_fn(r, p, b), (params, batch, rng))
+    bench('loss value_and_grad', lambda p, b, r: jax.value_and_grad(loss_fn, argnums=1)(r, p, b),
+          (params, batch, rng))
 
   optimizer = losses.get_optimizer(config)
   step_fn = losses.get_step_fn(sde, model, train=True, optimizer=optimizer, reduce_mean=True, continuous=True,
                                ema_rate=config.model.ema_rate)
   state = losses.init_train_state(rng, params, optimizer)
-  bench('train step (grad + clip + Adam + EMA)', step_fn, (state, batch), official['train_step_ms_median'])
+  step_ms = bench('train step (grad + clip + Adam + EMA)', step_fn, (state, batch),
+                  official['train_step_ms_median'], donate=args.donate, profile_it=args.profile)
+  matmul.append(matmul_gflops())
 
   print()
   print(f'{"":40s} {"median ms":>10s} {"min ms":>8s} {"CPU ms":>8s} {"compile s":>9s} {"GFLOP":>7s} '
@@ -128,6 +253,12 @@ def main():
     print(f'{label:40s} {med:10.1f} {best:8.1f} {cpu:8.1f} {compile_s:9.1f} {gflop:7.1f} {rate:8.1f} {off_txt}')
   print(f'(CPU ms: process CPU time per call, both threads; on an idle 2-core machine it is about '
         f'2x the wall time. Load average now: {os.getloadavg()[0]:.2f})')
+  best = max(matmul)
+  ratio = STEP_GFLOP / step_ms * 1e3 / best
+  print(f'2048^2 float32 jnp.dot: best {best:.1f} GFLOP/s (before/after the benchmark: '
+        f'{matmul[0]:.1f}/{matmul[1]:.1f})')
+  print(f'train step rate / matmul rate: {STEP_GFLOP} GFLOP / {step_ms / 1e3:.3f} s / {best:.1f} GFLOP/s '
+        f'= {ratio:.3f}  (official PyTorch: {OFFICIAL_RATIO}; {ratio / OFFICIAL_RATIO:.2f}x its speed)')
 
 
 if __name__ == '__main__':
