@@ -38,7 +38,9 @@ Exit codes: 0 success; 2 bad config, argument or missing data (one line; the wor
 
 
 def fail(message, code=2):
-  print(f'error: {message}', file=sys.stderr)
+  """One line on stderr, from process 0 only in a run over several processes, and exit."""
+  if not any(arg.startswith('--process_id=') and arg != '--process_id=0' for arg in sys.argv):
+    print(f'error: {message}', file=sys.stderr)
   sys.exit(code)
 
 
@@ -119,9 +121,7 @@ def main(argv):
     validate.validate(config, FLAGS.mode, FLAGS.workdir)
     run_lib.run(config, FLAGS.workdir, FLAGS.mode, eval_folder=FLAGS.eval_folder, config_path=path)
   except validate.ConfigError as error:
-    if parallel.is_main_process():
-      fail(str(error))
-    sys.exit(2)
+    fail(str(error))
   except run_lib.RunFailed as error:
     fail(str(error), code=1)
 
