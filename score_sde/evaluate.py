@@ -130,7 +130,8 @@ def sample_metrics(features, logits, reference, num_splits=10, num_bootstrap=10,
   rng = np.random.default_rng(seed)
   ref_mu, ref_sigma = ((reference['mu'], reference['sigma']) if isinstance(reference, dict)
                        else evaluation.gaussian(reference))
-  fid_to_reference = lambda f: evaluation.frechet_distance(*evaluation.gaussian(f), ref_mu, ref_sigma)
+  to_reference = evaluation.frechet_distance_to(ref_mu, ref_sigma)
+  fid_to_reference = lambda f: to_reference(*evaluation.gaussian(f))
   fid = fid_to_reference(features)
   boot = [fid_to_reference(features[rng.integers(0, len(features), len(features))]) for _ in range(num_bootstrap)]
   parts = np.array_split(np.arange(len(features)), min(num_splits, len(features) // 2))

@@ -4,7 +4,6 @@ import os
 import zipfile
 
 import numpy as np
-from scipy import linalg
 
 
 def gaussian(feats):
@@ -23,14 +22,26 @@ def fid_from_features(feats_a, feats_b):
 
 def frechet_distance(mu_a, cov_a, mu_b, cov_b):
   """Fréchet distance of N(mu_a, cov_a) and N(mu_b, cov_b)."""
-  mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
-  cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
-  covmean = linalg.sqrtm(cov_a @ cov_b)
-  if not np.isfinite(covmean).all():  # near-singular product: regularise as pytorch-fid does
-    offset = np.eye(cov_a.shape[0]) * 1e-6
-    covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-  covmean = covmean.real
-  return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+  return frechet_distance_to(mu_b, cov_b)(mu_a, cov_a)
+
+
+def frechet_distance_to(mu_ref, cov_ref):
+  """f(mu, cov) -> Fréchet distance of N(mu, cov) to N(mu_ref, cov_ref), the reference's square root taken once.
+
+  tr (Σ Σ_ref)^½ is Σ_i √λ_i over the eigenvalues λ of the symmetric PSD Σ_ref^½ Σ Σ_ref^½ (same spectrum as
+  Σ Σ_ref): equal to scipy's sqrtm route, with no complex parts for singular covariances, and at d = 2048 one
+  eigvalsh per call (13 s here) instead of a sqrtm (122 s), which matters for bootstrap stderrs.
+  """
+  mu_ref, cov_ref = np.asarray(mu_ref, np.float64), np.asarray(cov_ref, np.float64)
+  w, v = np.linalg.eigh(cov_ref)
+  root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  trace_ref = np.trace(cov_ref)
+
+  def distance(mu, cov):
+    mu, cov = np.asarray(mu, np.float64), np.asarray(cov, np.float64)
+    lam = np.linalg.eigvalsh(root @ cov @ root)
+    return float(np.sum((mu - mu_ref) ** 2) + np.trace(cov) + trace_ref - 2 * np.sum(np.sqrt(np.clip(lam, 0, None))))
+  return distance
 
 
 def kid_from_features(feats_a, feats_b, num_subsets=None, subset_size=1000, seed=0):

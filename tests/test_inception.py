@@ -593,7 +593,19 @@ def test_pool_features_match_the_torchscript_network(package_variables):
   pool, logits = inception.get_feature_fn(package_variables[0], batch_size=8)(images / 255.)
   assert logits is None and pool.shape == (16, 2048)
   diff = np.abs(pool - expected)
+  per_image = np.linalg.norm(pool - expected, axis=1) / np.linalg.norm(expected, axis=1)
   print(f'max |diff| {diff.max():.3g}, relative to max |feature| {diff.max() / np.abs(expected).max():.3g}, '
-        f'per image |diff| / |feature| at most {np.max(np.linalg.norm(pool - expected, axis=1) / np.linalg.norm(expected, axis=1)):.3g}')
+        f'per image |diff| / |feature| at most {per_image.max():.3g}')
   np.testing.assert_allclose(pool, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-  assert np.all(np.linalg.norm(pool - expected, axis=1) <= 1e-4 * np.linalg.norm(expected, axis=1))
+  assert per_image.max() <= 1e-4
+
+
+@pytest.mark.parametrize('n_a, n_b', [(400, 300), (10, 12)], ids=['full-rank', 'singular'])
+def test_frechet_distance_by_eigenvalues_equals_the_sqrtm_formula(n_a, n_b):
+  from scipy import linalg
+  rng = np.random.default_rng(6)
+  a, b = rng.normal(size=(n_a, 30)), rng.normal(0.2, 1.3, size=(n_b, 30)) @ rng.normal(size=(30, 30)) * 0.3
+  (mu_a, s_a), (mu_b, s_b) = evaluation.gaussian(a), evaluation.gaussian(b)
+  expected = np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b) - 2 * np.trace(linalg.sqrtm(s_a @ s_b).real)
+  assert evaluation.frechet_distance(mu_a, s_a, mu_b, s_b) == pytest.approx(expected, rel=1e-7)
+  assert evaluation.frechet_distance_to(mu_b, s_b)(mu_a, s_a) == pytest.approx(expected, rel=1e-7)
