@@ -251,6 +251,8 @@ FIELDS = {
     'model.attention_type': Field('ddpm', one_of('ddpm')),
     'model.init_scale': Field(0., nonneg),
     'model.conv_size': Field(3, positive_int),
+    'model.conv_dtype': Field('float32', one_of('float32', 'bfloat16'),
+                              'NCSN++/DDPM++: compute dtype of the residual blocks\' convolutions (parameters stay float32)'),
     'model.num_layers': Field(3, positive_int, 'mlp: hidden layers'),
     'model.sigma_begin': Field(90, positive, 'ncsnv2: the largest noise scale'),
     'model.interpolation': Field('bilinear', one_of('bilinear', 'nearest')),

@@ -55,17 +55,22 @@ def default_init(scale=1.):
   return jax.nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, 'fan_avg', 'uniform')
 
 
-def ddpm_conv3x3(x, out_ch, stride=1, bias=True, dilation=1, init_scale=1.):
-  """3x3 'SAME' convolution with DDPM initialisation (an `nn.Conv` named Conv_k in the caller)."""
-  return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding='SAME', use_bias=bias,
+def _conv(x, out_ch, size, stride, bias, dilation, init_scale, dtype):
+  """`nn.Conv` computing in `dtype` (e.g. bfloat16: model.conv_dtype) with float32 parameters and output."""
+  conv = nn.Conv(out_ch, (size, size), strides=(stride, stride), padding='SAME', use_bias=bias,
                  kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
-                 bias_init=jax.nn.initializers.zeros)(x)
+                 bias_init=jax.nn.initializers.zeros, dtype=dtype)
+  return conv(x).astype(x.dtype)
 
 
-def ddpm_conv1x1(x, out_ch, stride=1, bias=True, init_scale=1.):
+def ddpm_conv3x3(x, out_ch, stride=1, bias=True, dilation=1, init_scale=1., dtype=None):
+  """3x3 'SAME' convolution with DDPM initialisation (an `nn.Conv` named Conv_k in the caller)."""
+  return _conv(x, out_ch, 3, stride, bias, dilation, init_scale, dtype)
+
+
+def ddpm_conv1x1(x, out_ch, stride=1, bias=True, init_scale=1., dtype=None):
   """1x1 convolution with DDPM initialisation."""
-  return nn.Conv(out_ch, (1, 1), strides=(stride, stride), padding='SAME', use_bias=bias,
-                 kernel_init=default_init(init_scale), bias_init=jax.nn.initializers.zeros)(x)
+  return _conv(x, out_ch, 1, stride, bias, 1, init_scale, dtype)
 
 
 class NIN(nn.Module):
@@ -77,7 +82,8 @@ class NIN(nn.Module):
   def __call__(self, x):
     W = self.param('W', default_init(self.init_scale), (x.shape[-1], self.num_units))
     b = self.param('b', jax.nn.initializers.zeros, (self.num_units,))
-    return jnp.tensordot(x, W, axes=1) + b
+    y = x.reshape(-1, x.shape[-1]) @ W + b  # a 2-D matmul: no transposes in the backward
+    return y.reshape(x.shape[:-1] + (self.num_units,))
 
 
 def get_sigmas(config):

@@ -97,19 +97,20 @@ class ResnetBlockDDPMpp(nn.Module):
   dropout: float = 0.1
   skip_rescale: bool = False
   init_scale: float = 0.
+  conv_dtype: Any = None  # model.conv_dtype: compute dtype of the block's convolutions (None: float32)
 
   @nn.compact
   def __call__(self, x, temb=None, train=True):
     C = x.shape[-1]
     out_ch = self.out_ch or C
-    h = ddpm_conv3x3(self.act(group_norm(x)), out_ch)
+    h = ddpm_conv3x3(self.act(group_norm(x)), out_ch, dtype=self.conv_dtype)
     if temb is not None:
       h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
     h = self.act(group_norm(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = ddpm_conv3x3(h, out_ch, init_scale=self.init_scale)
+    h = ddpm_conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.conv_dtype)
     if C != out_ch:
-      x = ddpm_conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+      x = ddpm_conv3x3(x, out_ch, dtype=self.conv_dtype) if self.conv_shortcut else NIN(out_ch)(x)
     return _skip(x, h, self.skip_rescale)
 
 
@@ -124,6 +125,7 @@ class ResnetBlockBigGANpp(nn.Module):
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   skip_rescale: bool = True
   init_scale: float = 0.
+  conv_dtype: Any = None  # model.conv_dtype: compute dtype of the block's convolutions (None: float32)
 
   def _resample(self, x):
     if self.up:
@@ -138,12 +140,12 @@ class ResnetBlockBigGANpp(nn.Module):
     out_ch = self.out_ch or C
     h = self.act(group_norm(x))
     h, x = self._resample(h), self._resample(x)
-    h = ddpm_conv3x3(h, out_ch)
+    h = ddpm_conv3x3(h, out_ch, dtype=self.conv_dtype)
     if temb is not None:
       h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
     h = self.act(group_norm(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = ddpm_conv3x3(h, out_ch, init_scale=self.init_scale)
+    h = ddpm_conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.conv_dtype)
     if C != out_ch or self.up or self.down:
-      x = ddpm_conv1x1(x, out_ch)
+      x = ddpm_conv1x1(x, out_ch, dtype=self.conv_dtype)
     return _skip(x, h, self.skip_rescale)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from score_sde import config_table
 from score_sde.models import layers, layerspp
 from score_sde.models.layers import ddpm_conv3x3, default_init, group_norm
 from score_sde.models.utils import check_unet_config, register_model
@@ -61,7 +62,9 @@ class NCSNpp(nn.Module):
     else:
       temb = None
 
-    block_kw = dict(act=act, dropout=m.dropout, init_scale=init_scale, skip_rescale=skip_rescale)
+    conv_dtype = m.get('conv_dtype', config_table.FIELDS['model.conv_dtype'].default)  # configs before the field
+    block_kw = dict(act=act, dropout=m.dropout, init_scale=init_scale, skip_rescale=skip_rescale,
+                    conv_dtype=None if conv_dtype == 'float32' else jnp.dtype(conv_dtype))
     if resblock_type == 'ddpm':
       ResnetBlock = functools.partial(layerspp.ResnetBlockDDPMpp, **block_kw)
     else:
