@@ -25,9 +25,10 @@ import numpy as np  # noqa: E402
 from score_sde import checkpoints, conditioning, models, sde_lib, state as state_lib  # noqa: E402
 
 
-def load_run(workdir):
+def load_run(workdir, num_scales=0):
   config = checkpoints.load_config(workdir)
   state = checkpoints.restore(workdir, state_lib.abstract_train_state(config))
+  config.model.num_scales = num_scales or config.model.num_scales  # a continuous-time model: any N
   if state is None:
     raise SystemExit(f'no checkpoint in {workdir}; train the quickstart first '
                      '(python run.py --config configs/quickstart.py --workdir runs/quickstart --mode train).')
@@ -41,9 +42,11 @@ def class_conditional(config, sde, score_fn, args):
                          guidance_scale=args.guidance_scale, corrector=args.corrector)
   rng = jax.random.PRNGKey(args.seed)
   rows, _, guided = conditioning.class_conditional(config, sde, score_fn, rng)
-  config.sampling.guidance_scale = 0.
-  _, _, unguided = conditioning.class_conditional(config, sde, score_fn, rng)
-  return rows, {'guided': guided, 'unguided (scale 0)': unguided}
+  results = {'guided': guided}
+  if args.unguided:  # the same noise without guidance: how often each class turns up by chance
+    config.sampling.guidance_scale = 0.
+    results['unguided (scale 0)'] = conditioning.class_conditional(config, sde, score_fn, rng)[2]
+  return rows, results
 
 
 def inpainting(config, sde, score_fn, args, mask):
@@ -76,16 +79,18 @@ def main():
   parser.add_argument('--workdir', default='/work/runs/quickstart')
   parser.add_argument('--out', default='docs')
   parser.add_argument('--guidance_scale', type=float, default=2.)
-  parser.add_argument('--per_class', type=int, default=50)
-  parser.add_argument('--corrector', default='langevin', help="PC corrector ('none' is the quickstart's own)")
-  parser.add_argument('--num_inputs', type=int, default=64)
+  parser.add_argument('--per_class', type=int, default=20)
+  parser.add_argument('--corrector', default='none', help="PC corrector ('none' is the quickstart's own)")
+  parser.add_argument('--num_inputs', type=int, default=32)
   parser.add_argument('--completions', type=int, default=4)
   parser.add_argument('--masks', default='half,box,random')
   parser.add_argument('--mask_fraction', type=float, default=0.5)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--unguided', action='store_true', help='also sample without guidance (chance levels)')
+  parser.add_argument('--num_scales', type=int, default=0, help='SDE steps N of the samplers (0: the run\'s)')
   args = parser.parse_args()
   start = time.perf_counter()
-  config, state, sde, score_fn = load_run(args.workdir)
+  config, state, sde, score_fn = load_run(args.workdir, args.num_scales)
   os.makedirs(args.out, exist_ok=True)
   results = {'workdir': args.workdir, 'step': int(state.step), 'args': vars(args),
              'sampler': {'method': config.sampling.method, 'predictor': config.sampling.predictor}}

@@ -189,7 +189,7 @@ def inpaint(config, sde, score_fn, rng):
   # For scale: a training image in place of each completion (the training split in its fixed shuffled order).
   others = training_images(config, n * k).reshape(completions.shape)
   mse_random = np.sum(unknown * (others - originals[:, None]) ** 2) / np.sum(unknown)
-  inputs = originals * mask + 0.5 * (1. - mask)
+  inputs = originals * mask + 0.3 * (1. - mask)  # the unknown part shown dark gray
   rows = [[o, m, i] + list(c) for o, m, i, c in zip(originals, mask, inputs, completions)]
   arrays = dict(originals=originals, mask=mask, completions=completions)
   metrics = {'mse_filled_region': float(mse), 'mse_random_training_image': float(mse_random), 'nfe': int(nfe)}
@@ -245,11 +245,11 @@ def _digits_predictions(samples):
 TASKS = {'inpaint': inpaint, 'colorize': colorize, 'class': class_conditional}
 
 
-def rows_grid(rows, padding=1):
-  """A list of rows of (H, W, C) images in [0, 1] → one uint8 picture, a row per list."""
+def rows_grid(rows, padding=1, background=0.6):
+  """A list of rows of (H, W, C) images in [0, 1] → one uint8 picture, a row per list, on a gray background."""
   h, w, c = np.asarray(rows[0][0]).shape
   cols = max(len(r) for r in rows)
-  grid = np.ones((len(rows) * (h + padding) + padding, cols * (w + padding) + padding, c), np.float32)
+  grid = np.full((len(rows) * (h + padding) + padding, cols * (w + padding) + padding, c), background, np.float32)
   for i, row in enumerate(rows):
     for j, image in enumerate(row):
       image = np.broadcast_to(np.asarray(image, np.float32), (h, w, c))
