@@ -7,8 +7,8 @@ From s to t: x̂_0 = x̂_0(x_s, s), ε̂ = (x_s - α_s x̂_0) / σ_s,
 import jax
 import jax.numpy as jnp
 
-from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, check_skip_type, data_prediction, make_sampler,
-                                       normal, require, resolve_eps, time_grid)
+from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, check_skip_type, data_prediction,
+                                       make_sampler, normal, require, resolve_eps, time_grid)
 from score_sde.sampling.registry import register_sampler
 
 

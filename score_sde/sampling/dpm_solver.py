@@ -6,13 +6,14 @@ Expanding x̂_0 around λ_s in its derivatives D1 ≈ h x̂_0', D2 ≈ h² x̂_0
   x_t = (σ_t/σ_s) x_s - α_t φ1 x̂_0 + α_t φ2 D1 - α_t φ3 D2,
   φ1 = e^{-h} - 1,  φ2 = φ1/h + 1,  φ3 = φ2/h - ½.
 Order 1 is DDIM; order 2 is DPM-Solver++(2M) (Alg. 2 of the paper); order 3 the third-order multistep.
-The first steps use the orders their history allows.
+The first steps use the orders their history allows. Below, m0, m1, m2 are x̂_0 at the current and the two
+previous times, h1, h2 the two previous steps in λ.
 """
 import jax
 import jax.numpy as jnp
 
-from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, check_skip_type, data_prediction, make_sampler,
-                                       require, resolve_eps, time_grid)
+from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, check_skip_type, data_prediction,
+                                       make_sampler, require, resolve_eps, time_grid)
 from score_sde.sampling.registry import register_sampler
 
 
@@ -29,6 +30,7 @@ def _second_order(m0, m1, m2, h, h1, h2):
 def _third_order(m0, m1, m2, h, h1, h2):
   """3M, written as the first-order step of an effective x̂_0 = m0 - (φ2/φ1) D1 + (φ3/φ1) D2."""
   r0, r1 = h1 / h, h2 / h
+  # Taylor: d1_0 = D1 - ½ r0 D2 and d1_1 = D1 - ½ (2 r0 + r1) D2, solved for D1 and D2.
   d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
   d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
   d2 = 2. * (d1_0 - d1_1) / (r0 + r1)
