@@ -80,8 +80,8 @@ def errors():
            if label != 'dpm_solver++(3M)'}
   table['vpsde', 'dpm_solver++(3M)'] = flow_map_errors('vpsde', 'dpm_solver++(3M)', steps=STEPS[1:])
   for (sde, label), e in table.items():
-    print(f'{sde:9s} {label:17s} errors {np.array2string(e, precision=2)} '
-          f'ratios {np.array2string(ratios(e), precision=2)}')
+    print(f'{sde:9s} {label:17s} errors ' + ' '.join(f'{v:.2e}' for v in e)
+          + ' ratios ' + ' '.join(f'{v:.2f}' for v in ratios(e)))
   return table
 
 
