@@ -95,14 +95,18 @@ def get_loss_fn(sde, model, train, reduce_mean=False, continuous=True, likelihoo
   return discrete[sde.discrete_objective](sde, model, train, reduce_mean)
 
 
+def learning_rate_schedule(config):
+  """step -> learning rate: linear warm-up from 0 over optim.warmup steps, then optim.lr."""
+  optim = config.optim
+  return optax.linear_schedule(0., optim.lr, optim.warmup) if optim.warmup > 0 else optax.constant_schedule(optim.lr)
+
+
 def get_optimizer(config):
   """Adam with linear warmup and global-norm clipping, from `config.optim`."""
   optim = config.optim
   if optim.optimizer != 'Adam':
     raise ValueError(f'Unknown optimizer {optim.optimizer!r}; known: [\'Adam\'].')
-  learning_rate = optim.lr
-  if optim.warmup > 0:
-    learning_rate = optax.linear_schedule(0., optim.lr, optim.warmup)
+  learning_rate = learning_rate_schedule(config) if optim.warmup > 0 else optim.lr
   adam = (optax.adamw(learning_rate, b1=optim.beta1, b2=0.999, eps=optim.eps, weight_decay=optim.weight_decay)
           if optim.weight_decay else optax.adam(learning_rate, b1=optim.beta1, b2=0.999, eps=optim.eps))
   if optim.grad_clip >= 0:
