@@ -392,8 +392,9 @@ def load_inception(path='', cache_dir=None):
     cached = os.path.join(cache_dir or CACHE_DIR, f'fid_inception_tf_{sha1}.npz')
     if not os.path.exists(cached):
       state_dict = state_dict_from_nvidia(torchscript_reader.read_tensors(pt))
-      params_from_torch_state_dict(state_dict)  # checks every name and shape before caching
+      variables = params_from_torch_state_dict(state_dict)  # checks every name and shape before caching
       _atomic_savez(cached, state_dict)
+      return variables
     path = cached
   if not os.path.exists(path):
     raise FileNotFoundError(f'FID Inception weights {path} not found; download {WEIGHTS_URL} and convert it '
