@@ -184,7 +184,7 @@ def inpaint(config, sde, score_fn, rng):
                                             **_pc_options(config, sde, inverse_scaler))
   x, nfe = inpainter(rng, score_fn, scaler(jnp.asarray(_repeat(originals, k))), jnp.asarray(_repeat(mask, k)))
   completions = np.clip(np.asarray(x), 0., 1.).reshape((n, k) + originals.shape[1:])  # as images
-  unknown = 1. - mask[:, None]
+  unknown = np.broadcast_to(1. - mask[:, None], completions.shape)
   mse = np.sum(unknown * (completions - originals[:, None]) ** 2) / np.sum(unknown)
   # For scale: a training image in place of each completion (the training split in its fixed shuffled order).
   others = training_images(config, n * k).reshape(completions.shape)

@@ -363,7 +363,10 @@ def test_run_writes_grid_npz_and_metrics(tmp_path, monkeypatch, condition):
     known = arrays['mask'][:, None] == 1
     err = np.abs(arrays['completions'] - arrays['originals'][:, None])[np.broadcast_to(known, (3, 2, 8, 8, 1))]
     assert err.max() < 2e-3
-    assert metrics['mse_filled_region'] > 0 and metrics['mse_random_training_image'] > 0
+    sq = (arrays['completions'] - arrays['originals'][:, None]) ** 2
+    unknown = np.broadcast_to(~known, sq.shape)
+    assert metrics['mse_filled_region'] == pytest.approx(sq[unknown].mean(), rel=1e-5)
+    assert 0 < metrics['mse_random_training_image'] < 1
     assert picture.shape[0] * (5 * 9 + 1) == picture.shape[1] * (3 * 9 + 1)  # 3 rows of original, mask, input, 2
   else:
     assert arrays['samples'].shape == (4, 8, 8, 1) and list(arrays['labels']) == [1, 1, 7, 7]
