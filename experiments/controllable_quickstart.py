@@ -22,7 +22,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from score_sde import checkpoints, conditioning, models, sde_lib, state as state_lib  # noqa: E402
 
@@ -67,7 +66,8 @@ def markdown(results, args, run_line):
            '|---' * 12 + '|']
   for name, metrics in results['class'].items():
     per = metrics['accuracy_per_class']
-    lines.append(f'| {name} | ' + ' | '.join(f'{per[str(c)]:.2f}' for c in range(10)) + f' | {metrics["accuracy"]:.3f} |')
+    cells = ' | '.join(f'{per[str(c)]:.2f}' for c in range(10))
+    lines.append(f'| {name} | {cells} | {metrics["accuracy"]:.3f} |')
   lines += ['', f'Inpainting: {args.num_inputs} held-out digits x {args.completions} completions; '
             'MSE of the filled region in [0, 1] pixel units.', '',
             '| mask | MSE completions | MSE random training digit |', '|---|---|---|']
