@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import controllable, datasets, models, outputs, parallel, sampling, sde_lib
+from score_sde import controllable, datasets, images, models, outputs, parallel, sampling, sde_lib
 
 CONDITIONS = ('none', 'inpaint', 'colorize', 'class')
 
@@ -139,24 +139,23 @@ def check(config):
 
 # ---------------------------------------------------------------- running
 
+def _first(batches, n):
+  found = []
+  for batch in batches:
+    found.append(np.asarray(batch['image']))
+    if sum(map(len, found)) >= n:
+      break
+  return np.concatenate(found)[:n]
+
+
 def held_out_images(config, n):
   """The first n held-out images in [0, 1] (fewer if the split is smaller)."""
-  images = []
-  for batch in datasets.get_dataset(config).eval_batches():
-    images.append(np.asarray(batch['image']))
-    if sum(map(len, images)) >= n:
-      break
-  return np.concatenate(images)[:n]
+  return _first(datasets.get_dataset(config).eval_batches(), n)
 
 
 def training_images(config, n):
   """The first n training images (unaugmented, in the dataset's fixed order), in [0, 1]."""
-  images = []
-  for batch in datasets.get_dataset(config).reference_batches():
-    images.append(np.asarray(batch['image']))
-    if sum(map(len, images)) >= n:
-      break
-  return np.concatenate(images)[:n]
+  return _first(datasets.get_dataset(config).reference_batches(), n)
 
 
 def _eps(config, sde):
@@ -245,24 +244,9 @@ def _digits_predictions(samples):
 TASKS = {'inpaint': inpaint, 'colorize': colorize, 'class': class_conditional}
 
 
-def rows_grid(rows, padding=1, background=0.6):
-  """A list of rows of (H, W, C) images in [0, 1] → one uint8 picture, a row per list, on a gray background."""
-  h, w, c = np.asarray(rows[0][0]).shape
-  cols = max(len(r) for r in rows)
-  grid = np.full((len(rows) * (h + padding) + padding, cols * (w + padding) + padding, c), background, np.float32)
-  for i, row in enumerate(rows):
-    for j, image in enumerate(row):
-      image = np.broadcast_to(np.asarray(image, np.float32), (h, w, c))
-      grid[padding + i * (h + padding):][:h, padding + j * (w + padding):][:, :w] = image
-  return (np.clip(grid, 0., 1.) * 255).round().astype(np.uint8)
-
-
-def save_grid(rows, path, scale=None):
-  from PIL import Image
-  grid = rows_grid(rows)
-  picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-  scale = scale or max(1, 384 // max(grid.shape[:2]))
-  picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+def save_grid(rows, path):
+  """Rows of images (input, mask, completions ...) on a gray background."""
+  images.save_grid(images.rows_grid(rows, background=0.6), path, size=384)
 
 
 def run(config, workdir, state):

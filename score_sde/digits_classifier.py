@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
+from score_sde import weights_io
 from score_sde.evaluation import in_batches
 
 WEIGHTS = pathlib.Path(__file__).resolve().parent / 'assets' / 'digits_classifier.npz'
@@ -104,20 +104,12 @@ def accuracy(variables, images, labels):
 
 
 def save(variables, path=WEIGHTS):
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  flat = traverse_util.flatten_dict(jax.device_get(variables), sep='/')
-  np.savez(path, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+  weights_io.save(variables, path)
 
 
 def load(path=WEIGHTS):
   """The shipped variables (or those at `path`)."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f'digits-classifier weights {path} are absent; '
-                            'write them with `python experiments/train_digits_classifier.py`')
-  with np.load(path) as npz:
-    return traverse_util.unflatten_dict({k: jnp.asarray(npz[k]) for k in npz.files}, sep='/')
+  return weights_io.load(path, 'python experiments/train_digits_classifier.py')
 
 
 def get_feature_fn(variables=None, batch_size=256):

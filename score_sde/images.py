@@ -5,25 +5,34 @@ import numpy as np
 from PIL import Image
 
 
-def image_grid(images, padding=1):
-  """(n, H, W, C) in [0, 1] → one (rows·(H+p), cols·(W+p), C) uint8 array."""
-  images = np.asarray(images)
-  n, h, w, c = images.shape
-  cols = int(math.ceil(math.sqrt(n)))
-  rows = int(math.ceil(n / cols))
-  grid = np.ones((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.float32)
-  for i, image in enumerate(images):
-    r, q = divmod(i, cols)
-    grid[padding + r * (h + padding):padding + r * (h + padding) + h,
-         padding + q * (w + padding):padding + q * (w + padding) + w] = image
+def rows_grid(rows, padding=1, background=1.):
+  """A list of rows of (H, W, C) images in [0, 1] → one uint8 picture, a row per list item."""
+  h, w, c = np.asarray(rows[0][0]).shape
+  cols = max(len(r) for r in rows)
+  grid = np.full((len(rows) * (h + padding) + padding, cols * (w + padding) + padding, c), background, np.float32)
+  for i, row in enumerate(rows):
+    for j, image in enumerate(row):
+      top, left = padding + i * (h + padding), padding + j * (w + padding)
+      grid[top:top + h, left:left + w] = np.broadcast_to(np.asarray(image, np.float32), (h, w, c))
   return (np.clip(grid, 0., 1.) * 255).round().astype(np.uint8)
 
 
-def save_image_grid(images, path, scale=None):
-  grid = image_grid(images)
+def image_grid(images, padding=1):
+  """(n, H, W, C) in [0, 1] → a near-square grid, one uint8 array."""
+  images = np.asarray(images)
+  cols = int(math.ceil(math.sqrt(len(images))))
+  return rows_grid([images[i:i + cols] for i in range(0, len(images), cols)], padding)
+
+
+def save_grid(grid, path, size=256):
+  """A uint8 grid as a PNG, scaled up by an integer factor to about `size` pixels."""
   picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-  scale = scale or max(1, 256 // max(grid.shape[:2]))
+  scale = max(1, size // max(grid.shape[:2]))
   picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def save_image_grid(images, path):
+  save_grid(image_grid(images), path)
 
 
 def save_scatter(points, path):

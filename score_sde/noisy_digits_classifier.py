@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
-from score_sde import sde_lib
+from score_sde import sde_lib, weights_io
 from score_sde.digits_classifier import NUM_TEST, digits_split
 
 WEIGHTS = pathlib.Path(__file__).resolve().parent / 'assets' / 'noisy_digits_classifier.npz'
@@ -142,20 +141,12 @@ def _init_params(model, rng):
 
 
 def save(variables, path=WEIGHTS):
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  flat = traverse_util.flatten_dict(jax.device_get(variables), sep='/')
-  np.savez(path, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+  weights_io.save(variables, path)
 
 
 def load(path=WEIGHTS):
   """The shipped variables (or those at `path`)."""
-  path = pathlib.Path(WEIGHTS if path is None else path)
-  if not path.exists():
-    raise FileNotFoundError(f'noisy digits classifier weights {path} are absent; '
-                            'write them with `python experiments/train_noisy_digits_classifier.py`')
-  with np.load(path) as npz:
-    return traverse_util.unflatten_dict({k: jnp.asarray(npz[k]) for k in npz.files}, sep='/')
+  return weights_io.load(WEIGHTS if path is None else path, 'python experiments/train_noisy_digits_classifier.py')
 
 
 __all__ = ['NoisyDigitsClassifier', 'get_log_prob_fn', 'train', 'load', 'save', 'WEIGHTS', 'NUM_TEST']

@@ -25,6 +25,16 @@ _POSITIONAL_MODELS = ('ncsnpp', 'ddpm')
 _NAMED_MODELS = ('ncsn', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256')
 
 
+def read_flax_checkpoint(path_or_bytes):
+  """An official Flax checkpoint's tree: from a msgpack file, its bytes, or an already restored dict."""
+  if isinstance(path_or_bytes, dict):
+    return path_or_bytes
+  if isinstance(path_or_bytes, (str, os.PathLike)):
+    with open(path_or_bytes, 'rb') as f:
+      path_or_bytes = f.read()
+  return flax.serialization.msgpack_restore(path_or_bytes)
+
+
 def abstract_variables(config, batch_size=1):
   """(shape tree of model.init, names of the top-level param modules in creation order)."""
   model = utils.get_model(config)
@@ -191,14 +201,7 @@ def from_official_flax(config, path_or_bytes, use_ema=True):
     raise ValueError(
         f'from_official_flax supports {_POSITIONAL_MODELS}; the official JAX {name!r} is a different '
         'network from the original NCSN/NCSNv2 implemented here (use from_official_pytorch).')
-  if isinstance(path_or_bytes, dict):
-    restored = path_or_bytes
-  else:
-    if isinstance(path_or_bytes, (str, os.PathLike)):
-      with open(path_or_bytes, 'rb') as f:
-        path_or_bytes = f.read()
-    restored = flax.serialization.msgpack_restore(path_or_bytes)
-  official = _flatten(_select_params(restored, use_ema))
+  official = _flatten(_select_params(read_flax_checkpoint(path_or_bytes), use_ema))
   shapes = _flatten(abstract_variables(config)[0]['params'])
   problems = [f'  no official parameter for: {"/".join(p)}' for p in shapes if p not in official]
   problems += [f'  unexpected official parameter: {"/".join(p)}' for p in official if p not in shapes]

@@ -9,7 +9,6 @@ The official one is WideResnet(blocks_per_group=4, channel_multiplier=10, num_ou
 Parameter names are those of the official Flax module, so `from_official_flax` reads its checkpoints
 (a msgpack tree of params, as flax.training.checkpoints writes it).
 """
-import os
 from typing import Any
 
 import flax
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.models import utils
+from score_sde.models import convert, utils
 
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
 CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
@@ -134,13 +133,7 @@ def from_official_flax(path_or_bytes, model=None, image_shape=(32, 32, 3)):
   holds the params tree itself; a tree under 'params' is accepted too. Names and shapes are checked.
   """
   model = model or WideResnet()
-  if isinstance(path_or_bytes, dict):
-    restored = path_or_bytes
-  else:
-    if isinstance(path_or_bytes, (str, os.PathLike)):
-      with open(path_or_bytes, 'rb') as f:
-        path_or_bytes = f.read()
-    restored = flax.serialization.msgpack_restore(path_or_bytes)
+  restored = convert.read_flax_checkpoint(path_or_bytes)
   if 'params' in restored and 'init_conv' not in restored:
     restored = restored['params']
   official = flax.traverse_util.flatten_dict(restored, sep='/')
