@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_sde import config_table
 from score_sde.models import layers, layerspp
 from score_sde.models.layers import ddpm_conv3x3, default_init, group_norm
 from score_sde.models.utils import check_unet_config, register_model
@@ -62,7 +61,7 @@ class NCSNpp(nn.Module):
     else:
       temb = None
 
-    conv_dtype = m.get('conv_dtype', config_table.FIELDS['model.conv_dtype'].default)  # configs before the field
+    conv_dtype = m.conv_dtype
     block_kw = dict(act=act, dropout=m.dropout, init_scale=init_scale, skip_rescale=skip_rescale,
                     conv_dtype=None if conv_dtype == 'float32' else jnp.dtype(conv_dtype))
     if resblock_type == 'ddpm':

@@ -1,6 +1,8 @@
 """The model registry and the seam from a network to a score function s(x, t)."""
 import flax
 
+from score_sde import config_table
+
 _MODELS = {}
 
 
@@ -27,7 +29,8 @@ def get_model_class(name):
 
 def get_model(config):
   """The flax Module named by `config.model.name`, configured by `config`."""
-  return get_model_class(config.model.name)(config=config)
+  # A config made in user code (e.g. an official file loaded by hand) gets the fields it lacks.
+  return get_model_class(config.model.name)(config=config_table.with_defaults(config))
 
 
 def check_unet_config(config):
