@@ -170,7 +170,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
   for name in ('no_such_field-1', 'no_such_field-2'):
     status = json.loads((out / name / 'status.json').read_text())
     assert status['status'] == 'failed' and status['mode'] == 'train' and status['returncode'] == 2
-    assert 'bad config override' in status['error'] and 'likelihood' not in status['seconds']
+    assert "unknown config field 'model.no_such_field'" in status['error'] and 'likelihood' not in status['seconds']
   table = (out / 'results.md').read_text()
   assert table.count('failed (train, exit 2): error: bad config override') == 2
   assert (out / 'plot.png').exists()
