@@ -172,7 +172,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert status['status'] == 'failed' and status['mode'] == 'train' and status['returncode'] == 2
     assert "unknown config field 'model.no_such_field'" in status['error'] and 'likelihood' not in status['seconds']
   table = (out / 'results.md').read_text()
-  assert table.count('failed (train, exit 2): error: bad config override') == 2
+  assert table.count('failed (train, exit 2): error: unknown config field') == 2
   assert (out / 'plot.png').exists()
 
 
