@@ -3,7 +3,7 @@ probability-flow ODE (RK45), DDIM, DPM-Solver++ 2M/3M and EDM's Heun sampler at 
 
 Evaluates runs/quickstart (train it first, see README) without retraining: each trial writes
 runs/quickstart/eval_quickstart_nfe_<trial>/eval_results.json, with FID/KID on the digits classifier's
-features of 2,000 samples (enough that the standard errors separate the settings; 256 cannot).
+features of 1,000 samples (4x the quickstart eval's 256).
 
   python experiments/sweep.py --sweep experiments/sweeps/quickstart_nfe.py
 
@@ -45,8 +45,8 @@ def get_sweep():
           'eval.enable_sampling': True,
           'eval.enable_bpd': False,
           'eval.enable_loss': False,
-          'eval.num_samples': 2000,
-          'eval.batch_size': 250,
+          'eval.num_samples': 1000,
+          'eval.batch_size': 125,  # at most the 128 held-out digits (the same field sizes the loss batches)
       },
       'metrics': ['fid', 'kid', 'nfe'],
       'plot': {'x': 'sampling.method', 'y': 'fid'},
