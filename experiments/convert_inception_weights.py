@@ -8,7 +8,6 @@ one line when torch or the .pth is missing, or when the .pth's sha256 does not s
 release file name (torch.hub's convention; --allow_hash_mismatch converts it anyway, with a warning).
 """
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -18,18 +17,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from score_sde.inception import WEIGHTS_URL, params_from_torch_state_dict
+from score_sde.inception import WEIGHTS_URL, file_digest, params_from_torch_state_dict
 
 FILE_NAME = WEIGHTS_URL.rsplit('/', 1)[1]
 SHA256_PREFIX = re.search(r'-([0-9a-f]+)\.pth$', FILE_NAME).group(1)  # '6726825d', as torch.hub checks it
-
-
-def sha256(path):
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def main(argv=None):
@@ -51,7 +42,7 @@ def main(argv=None):
       return 2
     print(f'downloading {WEIGHTS_URL} -> {args.pth}')
     urllib.request.urlretrieve(WEIGHTS_URL, args.pth)
-  digest = sha256(args.pth)
+  digest = file_digest(args.pth, 'sha256')
   if not digest.startswith(SHA256_PREFIX):
     message = f'{args.pth} has sha256 {digest[:16]}..., not {SHA256_PREFIX}... as {FILE_NAME} has'
     if not args.allow_hash_mismatch:

