@@ -38,10 +38,12 @@ Exit codes: 0 success; 2 bad config, argument or missing data (one line; the wor
 
 
 def fail(message, code=2):
-  """One line on stderr, from process 0 only in a run over several processes, and exit."""
+  """One line on stderr, from process 0 only in a run over several processes, and exit at once: background
+  threads (orbax's checkpoint I/O) would otherwise print their teardown tracebacks after the line."""
   if not any(arg.startswith('--process_id=') and arg != '--process_id=0' for arg in sys.argv):
-    print(f'error: {message}', file=sys.stderr)
-  sys.exit(code)
+    print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 def _config_path(args):

@@ -56,7 +56,12 @@ class RunCheckpoints:
     Arrays come back replicated over this process's devices, whatever devices saved them.
     """
     target = _replicated_abstract(target)
+    wanted = _shapes(target)
     for step, manager in self.candidates():
+      saved = _saved_shapes(manager, step)
+      if saved is not None and saved != wanted:  # another model or optimizer: refuse without a failing restore
+        logging.warning('Skipping checkpoint %d in %s: its arrays do not fit this config.', step, manager.directory)
+        continue
       try:
         return manager.restore(step, args=ocp.args.StandardRestore(target))
       except Exception as error:  # orbax raises many kinds on a damaged checkpoint
@@ -67,6 +72,19 @@ class RunCheckpoints:
   def close(self):
     self.preemption.close()
     self.permanent.close()
+
+
+def _shapes(tree):
+  return sorted(tuple(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _saved_shapes(manager, step):
+  """The array shapes a saved step holds, from its metadata alone; None if that cannot be read."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(os.path.join(str(manager.directory), str(step), 'default'))
+    return _shapes(getattr(metadata, 'item_metadata', metadata))
+  except Exception:  # a damaged checkpoint: the restore below decides
+    return None
 
 
 def restore_step(workdir, step, target):
