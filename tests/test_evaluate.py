@@ -32,7 +32,7 @@ def _tiny_config(stats_dir):
 @pytest.fixture(scope='module')
 def untrained_run(tmp_path_factory):
   """A run whose step-10 permanent checkpoint holds freshly initialised weights (no training compile)."""
-  from score_sde import checkpoints, train
+  from score_sde import checkpoints
   workdir = tmp_path_factory.mktemp('run')
   config = _tiny_config(workdir / 'stats')
   state = state_lib.create_train_state(config, jax.random.PRNGKey(config.seed)).replace(step=jnp.asarray(10))
