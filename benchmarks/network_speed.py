@@ -8,8 +8,14 @@ Statistic: median over --iters timed calls after --warmup calls (compile time ex
 
   python benchmarks/network_speed.py [--nf 64] [--batch 16] [--donate] [--conv-dtype bfloat16] [--step-only]
   SCORE_SDE_XLA_FLAGS= python benchmarks/network_speed.py      # without score_sde's default XLA flags
+  python benchmarks/network_speed.py --official-repo ~/score_sde_pytorch --official-python ~/torchvenv/bin/python
 
-The machine-independent number is the last line's ratio, measured in the same run: 252.5 GFLOP
+With --official-repo (a clone of yang-song/score_sde_pytorch, and an interpreter with the torch CPU wheel), the
+official step runs in a second process (benchmarks/official_pytorch_step.py --serve) and the two codes' calls are
+interleaved, --per-round calls each for --rounds rounds, so both see the same machine: the direct like-for-like
+comparison. The official process waits idle while ours runs, and the other way round.
+
+The matmul-anchored number is the last line's ratio, measured in the same run: 252.5 GFLOP
 (fixed: XLA's count for the official JAX step, so a changed graph cannot move it) / median step
 time / best rate of a jitted 2048^2 float32 jnp.dot. The official PyTorch step is at 0.55 of it
 here (1.79 s against 258 GFLOP/s), 0.64 with flush-denormal.
@@ -25,6 +31,7 @@ import tempfile
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 
@@ -44,9 +51,15 @@ def parse_args():
   parser.add_argument('--donate', action='store_true', help='jit the step with donate_argnums=0')
   parser.add_argument('--conv-dtype', default=None, help='config.model.conv_dtype, e.g. bfloat16')
   parser.add_argument('--step-only', action='store_true', help='time only the training step')
-  parser.add_argument('--profile', action='store_true', help='trace 3 training steps and break their time down')
-  parser.add_argument('--two-pass-variance', action='store_true',
-                      help='GroupNorm with E[(x-mean)^2] instead of E[x^2]-E[x]^2 (the default, as flax)')
+  parser.add_argument('--profile', action='store_true', help='trace 3 training steps and break their time down (misses the work of '
+                      "YNN's own threads, so it undercounts convolutions under the default flags)")
+  parser.add_argument('--conv-census', action='store_true',
+                      help='time every convolution of the network alone (forward + both gradients) and sum them')
+  parser.add_argument('--official-repo', help='a clone of yang-song/score_sde_pytorch: time it interleaved with ours')
+  parser.add_argument('--official-python', default=os.environ.get('SCORE_SDE_TORCH_PYTHON', sys.executable),
+                      help='interpreter with torch for --official-repo (default $SCORE_SDE_TORCH_PYTHON or this one)')
+  parser.add_argument('--rounds', type=int, default=6, help='interleaved rounds with --official-repo')
+  parser.add_argument('--per-round', type=int, default=2, help='calls of each code per round')
   return parser.parse_args()
 
 
@@ -71,6 +84,45 @@ def timed(call, iters, warmup):
     times.append(1e3 * (time.perf_counter() - start))
     cpu.append(1e3 * (time.process_time() - start_cpu))
   return statistics.median(times), min(times), statistics.median(cpu)
+
+
+class OfficialPyTorch:
+  """The official step in its own process (official_pytorch_step.py --serve), timed on request."""
+
+  def __init__(self, python, repo, nf, batch):
+    script = REPO / 'benchmarks' / 'official_pytorch_step.py'
+    self.process = subprocess.Popen(
+        [python, str(script), '--repo', repo, '--nf', str(nf), '--batch', str(batch), '--serve'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = self.process.stdout.readline()
+    if not ready:
+      sys.exit(f'error: the official PyTorch step did not start (exit code {self.process.wait()}); '
+               f'check --official-repo {repo} and --official-python {python}')
+    self.info = json.loads(ready)
+
+  def times(self, name, count):
+    self.process.stdin.write(f'{name} {count}\n')
+    self.process.stdin.flush()
+    return json.loads(self.process.stdout.readline())
+
+  def close(self):
+    self.process.stdin.write('quit\n')
+    self.process.stdin.close()
+    self.process.wait()
+
+
+def interleaved(call, official, name, rounds, per_round, warmup):
+  """Our and the official wall ms, `per_round` calls of each in turn for `rounds` rounds."""
+  for _ in range(warmup):
+    call()
+  ours, theirs = [], []
+  for _ in range(rounds):
+    for _ in range(per_round):
+      start = time.perf_counter()
+      call()
+      ours.append(1e3 * (time.perf_counter() - start))
+    theirs += official.times(name, per_round)
+  return ours, theirs
 
 
 def matmul_gflops(n=2048, iters=20):
@@ -138,6 +190,42 @@ def _module_of(op_name):
   return 'outside the network (loss, optimizer, EMA)' if 'NCSNpp' not in op_name else 'NCSNpp (own ops)'
 
 
+def conv_census(model, params, x, t):
+  """Each distinct convolution of the forward pass, timed alone with both gradients (best of 7): the time the
+  step's convolutions would take at their stand-alone speed."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({'params': p}, x, t, train=False))(params)
+  convs = {}  # (shapes, params text) -> [count, shapes, params]
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        shapes = tuple(tuple(v.aval.shape) for v in eqn.invars)
+        convs.setdefault((shapes, repr(sorted(eqn.params.items()))), [0, shapes, eqn.params])[0] += 1
+      for value in eqn.params.values():
+        if hasattr(value, 'jaxpr'):
+          walk(value.jaxpr)
+
+  walk(jaxpr.jaxpr)
+  total_ms = total_flop = 0.
+  print('\nConvolutions of the forward pass, each timed alone with its two gradients:')
+  for count, (lhs_shape, rhs_shape), params in sorted(convs.values(), key=lambda c: c[1]):
+    lhs = jax.random.normal(jax.random.PRNGKey(0), lhs_shape)
+    rhs = 0.05 * jax.random.normal(jax.random.PRNGKey(1), rhs_shape)
+    conv = lambda a, b, params=params: jax.lax.conv_general_dilated_p.bind(a, b, **params)
+    out = conv(lhs, rhs)
+    grads = jax.jit(jax.grad(lambda a, b, out=out, conv=conv: jnp.sum(conv(a, b) * out), argnums=(0, 1)))
+    _, best, _ = timed(lambda: jax.block_until_ready(grads(lhs, rhs)), 7, 2)
+    flop = 3 * 2 * out.size * rhs.size / rhs_shape[-1]  # forward, input and kernel gradients
+    total_ms += count * best
+    total_flop += count * flop
+    print(f'  {count:3d} x {str(lhs_shape):18s} * {str(rhs_shape):18s} -> {str(out.shape):18s} '
+          f'{best:6.1f} ms {flop / best / 1e6:5.0f} GFLOP/s')
+  print(f'  all: {total_ms:.0f} ms, {total_flop / 1e9:.1f} GFLOP, {total_flop / total_ms / 1e6:.0f} GFLOP/s')
+  return total_ms
+
+
 def profile(compiled, call, steps=3):
   """Per-thunk XLA time of `steps` calls, by kind of work and by flax module, as fractions of the total."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -177,13 +265,6 @@ def main():
   import jax  # pylint: disable=import-outside-toplevel
   import score_sde  # pylint: disable=import-outside-toplevel,unused-import  (sets XLA_FLAGS before the backend starts)
   from score_sde import losses, models, sde_lib  # pylint: disable=import-outside-toplevel
-  from score_sde.models import layers  # pylint: disable=import-outside-toplevel
-
-  if args.two_pass_variance:
-    def group_norm(x, num_groups=None, name=None):
-      return layers.group_norm(x, num_groups, name, two_pass=True)
-    for module in ('layerspp', 'ddpm', 'ncsnpp'):
-      setattr(sys.modules[f'score_sde.models.{module}'], 'group_norm', group_norm)
 
   config = load_config(args.nf)
   if args.conv_dtype:
@@ -200,7 +281,7 @@ def main():
 
   rows = []
 
-  def bench(label, fn, fn_args, official=None, donate=False, profile_it=False):
+  def bench(label, fn, fn_args, official=None, official_name=None, donate=False, profile_it=False):
     start = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=0 if donate else ()).lower(*fn_args).compile()
     compile_s = time.perf_counter() - start
@@ -212,7 +293,15 @@ def main():
     else:
       def call():
         jax.block_until_ready(compiled(*fn_args))
-    med, best, cpu = timed(call, args.iters, args.warmup)
+    if same_run and official_name:
+      start_cpu = time.process_time()
+      ours, theirs = interleaved(call, same_run, official_name, args.rounds, args.per_round, args.warmup)
+      med, best = statistics.median(ours), min(ours)
+      cpu = 1e3 * (time.process_time() - start_cpu) / (len(ours) + args.warmup)  # ours only: torch is another process
+      official = statistics.median(theirs)
+      same_run_ms[official_name] = (ours, theirs)
+    else:
+      med, best, cpu = timed(call, args.iters, args.warmup)
     if profile_it:
       profile(compiled, call)
     rows.append((label, med, best, cpu, compile_s, flops / 1e9, flops / 1e6 / med, official))
@@ -222,17 +311,22 @@ def main():
   official = dict(OFFICIAL_FALLBACK)
   if OFFICIAL_JSON.exists():
     official.update(json.loads(OFFICIAL_JSON.read_text())['runs'][0])
+  same_run, same_run_ms = None, {}
+  if args.official_repo:
+    same_run = OfficialPyTorch(args.official_python, args.official_repo, args.nf, args.batch)
+    print(f'official PyTorch (torch {same_run.info["torch_version"]}, {same_run.info["num_parameters"]:,} '
+          f'parameters) runs interleaved with ours: {args.rounds} rounds of {args.per_round} calls each', flush=True)
 
   print(f'DDPM++ nf={args.nf}, batch {args.batch}, {size}x{size}x3, {n_params:,} parameters; '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; conv_dtype={config.model.get("conv_dtype", "float32")}; '
-        f'donate={args.donate}; GroupNorm variance: {"two-pass" if args.two_pass_variance else "E[x^2]-E[x]^2"}',
+        f'donate={args.donate}',
         flush=True)
 
   loss_fn = losses.get_sde_loss_fn(sde, model, train=True, reduce_mean=True, continuous=True)
   batch = {'image': x}
   if not args.step_only:
     bench('forward (eval, t*999)', lambda p, x, t: model.apply({'params': p}, x, t * 999, train=False),
-          (params, x, t), official['forward_nograd_ms_median'])
+          (params, x, t), official['forward_nograd_ms_median'], official_name='forward')
     bench('loss forward (train mode)', lambda p, b, r: loss_fn(r, p, b), (params, batch, rng))
     bench('loss value_and_grad', lambda p, b, r: jax.value_and_grad(loss_fn, argnums=1)(r, p, b),
           (params, batch, rng))
@@ -242,12 +336,19 @@ def main():
                                ema_rate=config.model.ema_rate)
   state = losses.init_train_state(rng, params, optimizer)
   step_ms = bench('train step (grad + clip + Adam + EMA)', step_fn, (state, batch),
-                  official['train_step_ms_median'], donate=args.donate, profile_it=args.profile)
+                  official['train_step_ms_median'], official_name='train', donate=args.donate,
+                  profile_it=args.profile)
   matmul.append(matmul_gflops())
+  if same_run:
+    same_run.close()
+  if args.conv_census:
+    conv_ms = conv_census(model, params, x, t * 999)
+    print(f'  = {conv_ms / step_ms:.0%} of the training step\'s median time')
 
   print()
+  official_title = 'official, same run' if same_run else 'official (json)'
   print(f'{"":40s} {"median ms":>10s} {"min ms":>8s} {"CPU ms":>8s} {"compile s":>9s} {"GFLOP":>7s} '
-        f'{"GFLOP/s":>8s} {"official PyTorch ms":>20s} {"ours/PT":>7s}')
+        f'{"GFLOP/s":>8s} {official_title + " ms":>20s} {"ours/PT":>7s}')
   for label, med, best, cpu, compile_s, gflop, rate, off in rows:
     off_txt = f"{off:20.1f} {med / off:7.2f}" if off else ""
     print(f'{label:40s} {med:10.1f} {best:8.1f} {cpu:8.1f} {compile_s:9.1f} {gflop:7.1f} {rate:8.1f} {off_txt}')
@@ -257,8 +358,22 @@ def main():
   ratio = STEP_GFLOP / step_ms * 1e3 / best
   print(f'2048^2 float32 jnp.dot: best {best:.1f} GFLOP/s (before/after the benchmark: '
         f'{matmul[0]:.1f}/{matmul[1]:.1f})')
-  print(f'train step rate / matmul rate: {STEP_GFLOP} GFLOP / {step_ms / 1e3:.3f} s / {best:.1f} GFLOP/s '
-        f'= {ratio:.3f}  (official PyTorch: {OFFICIAL_RATIO}; {ratio / OFFICIAL_RATIO:.2f}x its speed)')
+  if 'train' in same_run_ms:
+    ours, theirs = same_run_ms['train']
+    official_ratio = STEP_GFLOP / statistics.median(theirs) * 1e3 / best
+    print(f'train step rate / matmul rate: ours {ratio:.3f}, official PyTorch {official_ratio:.3f} (same run; '
+          f'{OFFICIAL_RATIO} on the reference machine)')
+    print(f'ours / official PyTorch, interleaved: train step {statistics.median(ours):.0f} / '
+          f'{statistics.median(theirs):.0f} ms = {statistics.median(ours) / statistics.median(theirs):.2f} '
+          f'(min {min(ours):.0f} / {min(theirs):.0f} ms = {min(ours) / min(theirs):.2f})')
+    if 'forward' in same_run_ms:
+      ours, theirs = same_run_ms['forward']
+      print(f'ours / official PyTorch, interleaved: forward {statistics.median(ours):.0f} / '
+            f'{statistics.median(theirs):.0f} ms = {statistics.median(ours) / statistics.median(theirs):.2f}')
+  else:
+    print(f'train step rate / matmul rate: {STEP_GFLOP} GFLOP / {step_ms / 1e3:.3f} s / {best:.1f} GFLOP/s '
+          f'= {ratio:.3f}  (official PyTorch: {OFFICIAL_RATIO} on the reference machine; '
+          f'{ratio / OFFICIAL_RATIO:.2f}x its speed)')
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from score_sde.models import layers
-from score_sde.models.layers import NIN, ddpm_conv3x3, default_init, group_norm
+from score_sde.models.layers import NIN, Dropout, ddpm_conv3x3, default_init, group_norm
 from score_sde.models.up_or_down_sampling import naive_downsample_2d, naive_upsample_2d
 from score_sde.models.utils import check_unet_config, register_model
 
@@ -68,7 +68,7 @@ class ResnetBlockDDPM(nn.Module):
     if temb is not None:
       h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
     h = self.act(_norm(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = Dropout(self.dropout)(h, deterministic=not train)
     h = ddpm_conv3x3(h, out_ch, init_scale=0.)
     if C != out_ch:
       x = ddpm_conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)

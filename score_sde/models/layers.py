@@ -93,11 +93,53 @@ def get_sigmas(config):
   return np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), m.num_scales))
 
 
-def group_norm(x, num_groups=None, name=None, two_pass=False):
-  """GroupNorm with ε = 1e-6 (flax and the official models); min(C/4, 32) groups by default.
+class GroupNorm(nn.Module):
+  """GroupNorm over channels-last x: y = (x - mean_g) / sqrt(var_g + eps) * scale + bias.
 
-  The variance is E[x²] - E[x]² (flax's default, as the official JAX models), ~15% faster than
-  the two-pass E[(x - mean)²] on CPU; both reproduce the official outputs to ~1e-6 relative.
+  mean_g and var_g = E[x^2] - E[x]^2 are taken over the pixels and the channels of each group.
+  The sums run over the pixels first, per channel (vectorised over channels), and then over the
+  few channels of a group: on CPU, 5-10% of a DDPM++ training step faster than reducing a
+  (B, H, W, G, C/G) view at once as flax.linen.GroupNorm does. Same parameters (scale, bias).
   """
+  num_groups: int
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    batch, channels, groups = x.shape[0], x.shape[-1], self.num_groups
+    per_group = channels // groups
+    scale = self.param('scale', jax.nn.initializers.ones, (channels,))
+    bias = self.param('bias', jax.nn.initializers.zeros, (channels,))
+    pixels = tuple(range(1, x.ndim - 1))
+    count = per_group * math.prod(x.shape[a] for a in pixels)
+    mean = jnp.sum(x, axis=pixels).reshape(batch, groups, per_group).sum(-1) / count
+    mean_sq = jnp.sum(x * x, axis=pixels).reshape(batch, groups, per_group).sum(-1) / count
+    inv_std = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.) + self.epsilon)
+    mul = jnp.repeat(inv_std, per_group, axis=1) * scale  # (B, C)
+    add = bias - jnp.repeat(mean, per_group, axis=1) * mul
+    shape = (batch,) + (1,) * len(pixels) + (channels,)
+    return x * mul.reshape(shape) + add.reshape(shape)
+
+
+def group_norm(x, num_groups=None, name=None, epsilon=1e-6):
+  """GroupNorm with ε = 1e-6 (flax and the official models); min(C/4, 32) groups by default."""
   groups = num_groups or min(x.shape[-1] // 4, 32)
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, use_fast_variance=not two_pass, name=name)(x)
+  return GroupNorm(num_groups=groups, epsilon=epsilon, name=name)(x)
+
+
+class Dropout(nn.Module):
+  """Dropout (rng collection 'dropout') whose mask costs half the random bits of flax's: each 32-bit
+  threefry word gives two 16-bit uniforms. The keep probability is rounded to a multiple of 2^-16
+  (0.9 -> 0.899994) and kept values are divided by that probability, so E[output] = input exactly."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic):
+    threshold = round((1. - self.rate) * 2 ** 16)
+    if deterministic or threshold >= 2 ** 16:
+      return x
+    if threshold <= 0:
+      return jnp.zeros_like(x)
+    bits = jax.random.bits(self.make_rng('dropout'), ((x.size + 1) // 2,), jnp.uint32)
+    uniform16 = jnp.concatenate([bits & 0xFFFF, bits >> 16])[:x.size].reshape(x.shape)
+    return jnp.where(uniform16 < threshold, x / (threshold / 2 ** 16), 0.)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.models import up_or_down_sampling as fir_ops
-from score_sde.models.layers import NIN, ddpm_conv1x1, ddpm_conv3x3, default_init, group_norm
+from score_sde.models.layers import NIN, Dropout, ddpm_conv1x1, ddpm_conv3x3, default_init, group_norm
 
 
 def _skip(x, h, skip_rescale):
@@ -107,7 +107,7 @@ class ResnetBlockDDPMpp(nn.Module):
     if temb is not None:
       h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
     h = self.act(group_norm(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = Dropout(self.dropout)(h, deterministic=not train)
     h = ddpm_conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.conv_dtype)
     if C != out_ch:
       x = ddpm_conv3x3(x, out_ch, dtype=self.conv_dtype) if self.conv_shortcut else NIN(out_ch)(x)
@@ -144,7 +144,7 @@ class ResnetBlockBigGANpp(nn.Module):
     if temb is not None:
       h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
     h = self.act(group_norm(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = Dropout(self.dropout)(h, deterministic=not train)
     h = ddpm_conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.conv_dtype)
     if C != out_ch or self.up or self.down:
       x = ddpm_conv1x1(x, out_ch, dtype=self.conv_dtype)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.models import convert, utils
+from score_sde.models import convert, layers, utils
 
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
 CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
@@ -33,7 +33,7 @@ def logits_init(key, shape, dtype=jnp.float32):
 
 
 def group_norm(x, name):
-  return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, name=name)(x)
+  return layers.group_norm(x, name=name, epsilon=1e-5)
 
 
 def shortcut(block_x, x):
