@@ -17,8 +17,9 @@ comparison. The official process waits idle while ours runs, and the other way r
 
 The matmul-anchored number is the last line's ratio, measured in the same run: 252.5 GFLOP
 (fixed: XLA's count for the official JAX step, so a changed graph cannot move it) / median step
-time / best rate of a jitted 2048^2 float32 jnp.dot. The official PyTorch step is at 0.55 of it
-here (1.79 s against 258 GFLOP/s), 0.64 with flush-denormal.
+time / best rate of a jitted 2048^2 float32 jnp.dot. The official PyTorch step was at 0.55 of it
+on the reference machine (1.79 s against 258 GFLOP/s); on a CPU whose matmul is faster (this machine
+type now: 410-450 GFLOP/s) it sits lower (0.47-0.49), so --official-repo is the like-for-like number.
 """
 import argparse
 import collections
@@ -27,6 +28,7 @@ import gzip
 import importlib.util
 import json
 import re
+import shutil
 import tempfile
 import os
 import pathlib
@@ -39,7 +41,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 OFFICIAL_JSON = REPO.parent / 'shared' / 'reference' / 'timing_official_pytorch_cpu.json'
 OFFICIAL_FALLBACK = {'train_step_ms_median': 1906.7, 'forward_nograd_ms_median': 526.9}  # first run in that file
 STEP_GFLOP = 252.5  # XLA's cost analysis of the official JAX step, nf=64, batch 16
-OFFICIAL_RATIO = 0.55  # official PyTorch step, 1.79 s, against a 258 GFLOP/s matmul in the same window
+OFFICIAL_RATIO = 0.55  # official PyTorch step, 1.79 s, against a 258 GFLOP/s matmul, on the reference machine
 
 
 def parse_args():
@@ -86,18 +88,27 @@ def timed(call, iters, warmup):
   return statistics.median(times), min(times), statistics.median(cpu)
 
 
+def fail(message):
+  """Bad input: one line, exit code 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
 class OfficialPyTorch:
   """The official step in its own process (official_pytorch_step.py --serve), timed on request."""
 
   def __init__(self, python, repo, nf, batch):
     script = REPO / 'benchmarks' / 'official_pytorch_step.py'
+    self.stderr = tempfile.TemporaryFile('w+')
     self.process = subprocess.Popen(
         [python, str(script), '--repo', repo, '--nf', str(nf), '--batch', str(batch), '--serve'],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
     ready = self.process.stdout.readline()
     if not ready:
-      sys.exit(f'error: the official PyTorch step did not start (exit code {self.process.wait()}); '
-               f'check --official-repo {repo} and --official-python {python}')
+      self.process.wait()
+      self.stderr.seek(0)
+      last = ([line.strip() for line in self.stderr if line.strip()] or ['no message'])[-1]
+      fail(f'the official PyTorch step did not start ({last}); check --official-repo and --official-python')
     self.info = json.loads(ready)
 
   def times(self, name, count):
@@ -261,6 +272,17 @@ def profile(compiled, call, steps=3):
 
 def main():
   args = parse_args()
+  if args.official_repo:
+    if not (pathlib.Path(args.official_repo) / 'models' / 'ncsnpp.py').is_file():
+      fail(f'--official-repo {args.official_repo} is not a clone of yang-song/score_sde_pytorch '
+           '(no models/ncsnpp.py)')
+    if not shutil.which(args.official_python):
+      fail(f'--official-python {args.official_python} is not an interpreter; give one with torch installed')
+  same_run, same_run_ms = None, {}
+  if args.official_repo:
+    same_run = OfficialPyTorch(args.official_python, args.official_repo, args.nf, args.batch)
+    print(f'official PyTorch (torch {same_run.info["torch_version"]}, {same_run.info["num_parameters"]:,} '
+          f'parameters) runs interleaved with ours: {args.rounds} rounds of {args.per_round} calls each', flush=True)
   sys.path.insert(0, str(REPO))
   import jax  # pylint: disable=import-outside-toplevel
   import score_sde  # pylint: disable=import-outside-toplevel,unused-import  (sets XLA_FLAGS before the backend starts)
@@ -311,11 +333,6 @@ def main():
   official = dict(OFFICIAL_FALLBACK)
   if OFFICIAL_JSON.exists():
     official.update(json.loads(OFFICIAL_JSON.read_text())['runs'][0])
-  same_run, same_run_ms = None, {}
-  if args.official_repo:
-    same_run = OfficialPyTorch(args.official_python, args.official_repo, args.nf, args.batch)
-    print(f'official PyTorch (torch {same_run.info["torch_version"]}, {same_run.info["num_parameters"]:,} '
-          f'parameters) runs interleaved with ours: {args.rounds} rounds of {args.per_round} calls each', flush=True)
 
   print(f'DDPM++ nf={args.nf}, batch {args.batch}, {size}x{size}x3, {n_params:,} parameters; '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; conv_dtype={config.model.get("conv_dtype", "float32")}; '

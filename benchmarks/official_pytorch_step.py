@@ -1,7 +1,7 @@
 """CPU time of one training step (and one no-grad forward) of the official PyTorch DDPM++ code.
 
 Times yang-song/score_sde_pytorch itself, built the way its run_lib.train does, so that our JAX
-step (benchmarks/train_throughput.py) can be compared like for like: config
+step (benchmarks/network_speed.py) can be compared like for like: config
 configs/vp/cifar10_ddpmpp_continuous.py with model.nf and batch overridden, 32x32x3 inputs in
 [-1, 1], continuous VP loss (reduce_mean=True, no likelihood weighting, dropout active), backward,
 optimize_fn (warmup, grad clip, Adam), EMA update; forward = score_model(x, t * 999) under

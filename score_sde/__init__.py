@@ -5,7 +5,7 @@ backend (the first computation), so import score_sde before running anything in 
 
   --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
       CPU: convolutions run inside XLA's fusions instead of one library call each; the DDPM++
-      training step takes about 30% less time (benchmarks/network_speed.py).
+      training step takes about 20% less time (benchmarks/network_speed.py).
 
 SCORE_SDE_XLA_FLAGS replaces these defaults (SCORE_SDE_XLA_FLAGS= for none), and a flag already
 named in XLA_FLAGS is left as the user set it.
@@ -29,7 +29,7 @@ def _set_xla_flags():
     from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
     if xla_bridge.backends_are_initialized():
       warnings.warn(f'score_sde was imported after JAX started its backend, so its XLA flags {added} are not '
-                    'in effect (the DDPM++ training step is about 30% slower without them). Import score_sde '
+                    'in effect (the DDPM++ training step is about 25% slower without them). Import score_sde '
                     'before running JAX code, or set XLA_FLAGS yourself; SCORE_SDE_XLA_FLAGS= silences this.',
                     stacklevel=3)
       return
