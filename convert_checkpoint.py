@@ -27,7 +27,8 @@ flags.DEFINE_integer('step', 0, 'Training step to record in the converted state.
 def convert(config, checkpoint, workdir, step=0):
   import jax
   import jax.numpy as jnp
-  from score_sde import checkpoints, losses
+  from score_sde import losses
+  from score_sde.runner import checkpoints
   from score_sde.models import convert as model_convert
   if checkpoint.endswith('.pth'):
     variables = model_convert.from_official_pytorch(config, model_convert.load_pth(checkpoint))
@@ -54,7 +55,8 @@ def main(argv):
       return fail(f'--{name} is required.')
   if not os.path.isfile(FLAGS.checkpoint):
     return fail(f'no checkpoint file at {FLAGS.checkpoint}.')
-  from score_sde import checkpoints, config_table
+  from score_sde import config_table
+  from score_sde.runner import checkpoints
   if checkpoints.has_checkpoint(FLAGS.workdir):
     return fail(f'{FLAGS.workdir} already holds checkpoints; pick a new --workdir.')
   try:

@@ -12,14 +12,11 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-MODES = ('train', 'eval', 'sample', 'likelihood')
-USAGE = f"""usage: python run.py --config <file.py> --workdir <dir> --mode {'|'.join(MODES)} [options]
+USAGE_LINE = 'usage: python run.py --config <file.py> --workdir <dir> --mode <mode> [options]'
+USAGE = """{usage_line}
 
 modes:
-  train       train from scratch, or resume from the latest good checkpoint in --workdir
-  eval        FID/KID/IS of samples, bpd and held-out loss, over the checkpoints eval.begin_ckpt..eval.end_ckpt
-  sample      eval.num_samples samples (sampling.method; sampling.condition for controllable generation)
-  likelihood  bits/dim of the held-out split under the probability-flow ODE
+{modes}
 
 options:
   --config <file.py>           a get_config() file, e.g. configs/quickstart.py or configs/vp/cifar10_ddpmpp_continuous.py
@@ -29,12 +26,28 @@ options:
   --workdir <dir>              checkpoints, metrics.jsonl, TensorBoard events, samples
   --mode <mode>                one of the modes above
   --eval_folder <name>         subfolder of the workdir for --mode eval results (default: eval)
+  --check                      check the config, overrides, data, checkpoints and weights, say in one line what
+                               the run would do, write nothing, and exit (0, or 2 with the problem)
+  --verbose                    show library log lines (orbax, absl) and tracebacks on the terminal too; without
+                               it they go to <workdir>/run.log
   --coordinator_address host:port --num_processes N --process_id i
                                several processes (one per host); give the same address and count to each
   -h, --help                   this text
 
 Exit codes: 0 success; 2 bad config, argument or missing data (one line; the workdir is left as it was);
 1 a run that failed after it started (the last good checkpoint is kept)."""
+
+
+def mode_table():
+  """The table of modes (score_sde.runner.modes.MODES): importing it imports JAX, so only when needed."""
+  from score_sde.runner import modes as runner_modes
+  return runner_modes.MODES
+
+
+def usage():
+  table = '\n'.join(f'  {name:<11} {info}' for name, info in
+                    ((name, mode_table().info(name)['help']) for name in mode_table().names()))
+  return USAGE.format(usage_line=USAGE_LINE, modes=table)
 
 
 def fail(message, code=2):
@@ -53,9 +66,9 @@ def _config_path(args):
       return arg.split('=', 1)[1], args[:i] + args[i + 1:]
     if arg == '--config':
       if i + 1 == len(args):
-        fail(f'--config needs a file. {USAGE.splitlines()[0]}')
+        fail(f'--config needs a file. {USAGE_LINE}')
       return args[i + 1], args[:i] + args[i + 2:]
-  fail(f'--config is required. {USAGE.splitlines()[0]}')
+  fail(f'--config is required. {USAGE_LINE}')
 
 
 def _overridden_fields(args):
@@ -68,7 +81,7 @@ def parse(argv):
   """(config, flags) from the command line; every problem is one line and exit code 2."""
   args = argv[1:]
   if any(arg in ('-h', '--help', '-help', '--helpfull', '--helpshort') for arg in args):
-    print(USAGE)
+    print(usage())
     sys.exit(0)
   from absl import flags
   from ml_collections import config_flags
@@ -83,11 +96,13 @@ def parse(argv):
     if name not in known:
       fail(f'unknown config field {name!r} (--config.{name}).' + config_table.suggest(name, known))
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
-  flags.DEFINE_string('mode', None, f"What to run: {', '.join(MODES)}.")
+  flags.DEFINE_string('mode', None, 'What to run: one of the modes of python run.py --help.')
   flags.DEFINE_string('eval_folder', 'eval', 'Subfolder of the workdir for --mode eval results.')
   flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for runs over several processes.')
   flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
   flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes - 1 (with --coordinator_address).')
+  flags.DEFINE_boolean('check', False, 'Check everything knowable before running, say what the run would do, exit.')
+  flags.DEFINE_boolean('verbose', False, 'Library log lines and tracebacks on the terminal, not only in run.log.')
   FLAGS = flags.FLAGS
   try:
     sys.argv = [argv[0]] + rest  # ml_collections reads the --config.* overrides from sys.argv
@@ -103,9 +118,10 @@ def parse(argv):
     fail(f'bad config override: {str(error).splitlines()[0]}')
   for name in ('workdir', 'mode'):
     if getattr(FLAGS, name) is None:
-      fail(f'--{name} is required. {USAGE.splitlines()[0]}')
-  if FLAGS.mode not in MODES:
-    fail(f'--mode={FLAGS.mode!r} is not a mode; use one of {list(MODES)}.')
+      fail(f'--{name} is required. {USAGE_LINE}')
+  problem = mode_table().problem(FLAGS.mode)
+  if problem:
+    fail(f'--mode={FLAGS.mode!r} {problem}.')
   if (FLAGS.coordinator_address is None) != (FLAGS.num_processes is None) or \
       (FLAGS.num_processes is None) != (FLAGS.process_id is None):
     fail('--coordinator_address, --num_processes and --process_id go together; give all three or none.')
@@ -118,13 +134,18 @@ def main(argv):
   config, FLAGS, path = parse(argv)
   from score_sde import parallel
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from score_sde import run_lib, validate
+  from score_sde.runner import log_file, modes, validate
   try:
     validate.validate(config, FLAGS.mode, FLAGS.workdir)
-    run_lib.run(config, FLAGS.workdir, FLAGS.mode, eval_folder=FLAGS.eval_folder, config_path=path)
+    if FLAGS.check:
+      print(modes.check(config, FLAGS.workdir, FLAGS.mode, eval_folder=FLAGS.eval_folder, config_path=path))
+      return
+    log = log_file.route_library_logs(FLAGS.workdir, FLAGS.verbose)
+    with log_file.tracebacks_to(log, FLAGS.verbose):
+      modes.run(config, FLAGS.workdir, FLAGS.mode, eval_folder=FLAGS.eval_folder, config_path=path)
   except validate.ConfigError as error:
     fail(str(error))
-  except run_lib.RunFailed as error:
+  except modes.RunFailed as error:
     fail(str(error), code=1)
 
 

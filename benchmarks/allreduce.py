@@ -18,11 +18,12 @@ def child(process_id, port, devices_per_process):
   import numpy as np
   from jax.sharding import NamedSharding, PartitionSpec as P
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from score_sde import config_table, parallel, state as state_lib
+  from score_sde import config_table, parallel
+  from score_sde.runner import run_state
   if port:
     parallel.initialize(f'127.0.0.1:{port}', 2, process_id)
   config = config_table.load(os.path.join(os.path.dirname(__file__), '..', 'configs', 'quickstart.py'))
-  params = jax.eval_shape(lambda: state_lib.create_train_state(config, jax.random.PRNGKey(0))).params
+  params = jax.eval_shape(lambda: run_state.create_train_state(config, jax.random.PRNGKey(0))).params
   size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   by_device = NamedSharding(parallel.data_mesh(), P('data'))
   n = jax.device_count()
@@ -42,6 +43,9 @@ def child(process_id, port, devices_per_process):
 
 
 def main():
+  if any(arg in ('-h', '--help') for arg in sys.argv[1:]):
+    print(__doc__.strip())
+    return
   if len(sys.argv) > 1:
     child(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
     return

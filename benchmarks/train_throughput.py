@@ -20,7 +20,8 @@ CHILD = r'''
 import json, resource, sys, time
 sys.path.insert(0, REPO)
 import importlib.util, jax, jax.numpy as jnp
-from score_sde import config_table, datasets, losses, models, sde_lib, state as state_lib
+from score_sde import config_table, datasets, losses, models, sde_lib
+from score_sde.runner import run_state
 config = config_table.load(CONFIG)
 for key, value in OVERRIDES.items():
   section, field = key.split('.'); config[section][field] = value
@@ -28,7 +29,7 @@ sde, model = sde_lib.get_sde(config), models.get_model(config)
 optimizer = losses.get_optimizer(config)
 step = jax.jit(losses.get_step_fn(sde, model, True, optimizer, config.training.reduce_mean,
                                   config.training.continuous, ema_rate=config.model.ema_rate))
-state = state_lib.create_train_state(config, jax.random.PRNGKey(0))
+state = run_state.create_train_state(config, jax.random.PRNGKey(0))
 batch = {'image': jax.random.uniform(jax.random.PRNGKey(1),
                                      (config.training.batch_size,) + datasets.spec(config).shape) * 2 - 1}
 start = time.perf_counter(); state, metrics = step(state, batch); jax.block_until_ready(metrics)

@@ -23,12 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from score_sde import checkpoints, conditioning, models, sde_lib, state as state_lib  # noqa: E402
+from score_sde import models, sde_lib
+from score_sde.runner import checkpoints, conditional_sampling, run_state
 
 
 def load_run(workdir, num_scales=0):
   config = checkpoints.load_config(workdir)
-  state = checkpoints.restore(workdir, state_lib.abstract_train_state(config))
+  state = checkpoints.restore(workdir, run_state.abstract_train_state(config))
   config.model.num_scales = num_scales or config.model.num_scales  # a continuous-time model: any N
   if state is None:
     raise SystemExit(f'no checkpoint in {workdir}; train the quickstart first '
@@ -42,18 +43,18 @@ def class_conditional(config, sde, score_fn, args):
   config.sampling.update(condition='class', classifier='noisy_digits', labels='', num_completions=args.per_class,
                          guidance_scale=args.guidance_scale, corrector=args.corrector)
   rng = jax.random.PRNGKey(args.seed)
-  rows, _, guided = conditioning.class_conditional(config, sde, score_fn, rng)
+  rows, _, guided = conditional_sampling.class_conditional(config, sde, score_fn, rng)
   results = {'guided': guided}
   if args.unguided:  # the same noise without guidance: how often each class turns up by chance
     config.sampling.guidance_scale = 0.
-    results['unguided (scale 0)'] = conditioning.class_conditional(config, sde, score_fn, rng)[2]
+    results['unguided (scale 0)'] = conditional_sampling.class_conditional(config, sde, score_fn, rng)[2]
   return rows, results
 
 
 def inpainting(config, sde, score_fn, args, mask):
   config.sampling.update(condition='inpaint', classifier='', mask=mask, mask_fraction=args.mask_fraction,
                          num_inputs=args.num_inputs, num_completions=args.completions, corrector=args.corrector)
-  rows, _, metrics = conditioning.inpaint(config, sde, score_fn, jax.random.PRNGKey(args.seed + 1))
+  rows, _, metrics = conditional_sampling.inpaint(config, sde, score_fn, jax.random.PRNGKey(args.seed + 1))
   return rows, metrics
 
 
@@ -98,13 +99,13 @@ def main():
              'sampler': {'method': config.sampling.method, 'predictor': config.sampling.predictor}}
 
   rows, results['class'] = class_conditional(config, sde, score_fn, args)
-  conditioning.save_grid([r[:16] for r in rows], os.path.join(args.out, 'controllable_class.png'))
+  conditional_sampling.save_grid([r[:16] for r in rows], os.path.join(args.out, 'controllable_class.png'))
   print('class-conditional:', json.dumps(results['class']), flush=True)
 
   results['inpaint'] = {}
   for mask in args.masks.split(','):
     rows, results['inpaint'][mask] = inpainting(config, sde, score_fn, args, mask)
-    conditioning.save_grid(rows[:8], os.path.join(args.out, f'controllable_inpaint_{mask}.png'))
+    conditional_sampling.save_grid(rows[:8], os.path.join(args.out, f'controllable_inpaint_{mask}.png'))
     print(f'inpainting ({mask}):', json.dumps(results['inpaint'][mask]), flush=True)
 
   results['seconds'] = round(time.perf_counter() - start, 1)

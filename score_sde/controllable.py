@@ -7,9 +7,10 @@
   ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x), with a noise-conditional classifier p_t(y | x).
   `classifier_guided_score` returns that sum as a score function, so every sampler takes it.
 
-Samplers return (x, nfe), like `sampling.get_pc_sampler`; all Gaussian draws except the prior's go
-through `sampling.standard_normal` in the official order (per step: corrector noise, known-part noise,
-predictor noise, known-part noise). `z=` gives the prior draw at T (VE: already scaled by σ_max).
+Samplers return (x, nfe), like `sampling.get_pc_sampler`, and run its PC loop (`sampling.pc_loop`). All Gaussian
+draws except the prior's come from the `randn_like(rng, x)` argument, in the official order (per step: corrector
+noise, known-part noise, predictor noise, known-part noise). `z=` gives the prior draw at T (VE: already scaled
+by σ_max).
 """
 import equinox as eqx
 import jax
@@ -48,7 +49,7 @@ def _identity(x):
 # ---------------------------------------------------------------- the replacement rule
 
 def known_part_update(update_fn, sde, rng, x, t, data, mask, to_space=_identity, from_space=_identity,
-                      official_quirks=True):
+                      official_quirks=True, randn_like=sampling.standard_randn_like):
   """One predictor or corrector half-step followed by the replacement of the known part.
 
   In the space y = to_space(x), where `mask` is 1 on the known coordinates and `data` holds them:
@@ -59,45 +60,28 @@ def known_part_update(update_fn, sde, rng, x, t, data, mask, to_space=_identity,
   update_rng, known_rng = jax.random.split(rng)
   x, x_mean = update_fn(update_rng, x, t)
   mean, std = sde.marginal_prob(data, t)
-  known = mean + batch_mul(std, sampling.standard_normal(known_rng, x.shape))
+  known = mean + batch_mul(std, randn_like(known_rng, x))
   x = from_space(to_space(x) * (1. - mask) + known * mask)
   free = x if official_quirks else x_mean
   x_mean = from_space(to_space(free) * (1. - mask) + mean * mask)
   return x, x_mean
 
 
-def _half_steps(sde, score_fn, predictor, corrector, snr, n_steps, probability_flow):
-  """The predictor and corrector as update(rng, x, t) -> (x, x_mean), and their nfe per step."""
-  predictor_fn, predictor_nfe = sampling.get_predictor(predictor)
-  corrector_fn, corrector_nfe = sampling.get_corrector(corrector)
-  predict = lambda rng, x, t: predictor_fn(sde, score_fn, rng, x, t, probability_flow)
-  correct = lambda rng, x, t: corrector_fn(sde, score_fn, rng, x, t, snr, n_steps)
-  return predict, correct, predictor_nfe + corrector_nfe * n_steps
+def _pc_with_known_part(sde, x, score_fn, rng, data, mask, to_space, from_space, eps, options, randn_like):
+  """The PC loop of Alg. 1-3, each half-step followed by the replacement of the known part."""
+  predict, correct, _ = sampling.pc_updates(sde, score_fn, options['predictor'], options['corrector'], options['snr'],
+                                            options['n_steps'], options['probability_flow'], randn_like)
 
+  def with_known_part(update):
+    return lambda rng, x, t: known_part_update(update, sde, rng, x, t, data, mask, to_space, from_space,
+                                               options['official_quirks'], randn_like)
 
-def _pc_with_known_part(sde, x, score_fn, rng, data, mask, to_space, from_space, eps, options):
-  """The PC loop of Alg. 1-3, each half-step followed by the replacement; one lax.scan."""
-  predict, correct, _ = _half_steps(sde, score_fn, options['predictor'], options['corrector'],
-                                    options['snr'], options['n_steps'], options['probability_flow'])
-  quirks = options['official_quirks']
-
-  def step(carry, inputs):
-    x, _ = carry
-    t, step_rng = inputs
-    corrector_rng, predictor_rng = jax.random.split(step_rng)
-    vec_t = jnp.full((x.shape[0],), t)
-    x, x_mean = known_part_update(correct, sde, corrector_rng, x, vec_t, data, mask, to_space, from_space, quirks)
-    x, x_mean = known_part_update(predict, sde, predictor_rng, x, vec_t, data, mask, to_space, from_space, quirks)
-    return (x, x_mean), None
-
-  timesteps = jnp.linspace(sde.T, eps, sde.N)
-  (x, x_mean), _ = jax.lax.scan(step, (x, x), (timesteps, jax.random.split(rng, sde.N)))
-  return x, x_mean
+  return sampling.pc_loop(sde, with_known_part(predict), with_known_part(correct), rng, x, eps)
 
 
 def _options(sde, predictor, corrector, snr, n_steps, probability_flow, official_quirks):
   sampling.check_predictor(sde, predictor, probability_flow)
-  _, _, nfe_per_step = _half_steps(sde, None, predictor, corrector, snr, n_steps, probability_flow)
+  _, _, nfe_per_step = sampling.pc_updates(sde, None, predictor, corrector, snr, n_steps, probability_flow)
   options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
                  probability_flow=probability_flow, official_quirks=official_quirks)
   return options, sde.N * nfe_per_step
@@ -110,7 +94,8 @@ def _prior(sde, rng, shape, z):
 # ---------------------------------------------------------------- inpainting
 
 def get_pc_inpainter(sde, shape, predictor='reverse_diffusion', corrector='langevin', snr=0.16, n_steps=1,
-                     probability_flow=False, denoise=True, eps=1e-5, inverse_scaler=None, official_quirks=True):
+                     probability_flow=False, denoise=True, eps=1e-5, inverse_scaler=None, official_quirks=True,
+                     randn_like=sampling.standard_randn_like):
   """inpainter(rng, score_fn, data, mask, z=None) -> (x, nfe); mask is 1 where data is known.
 
   Starts from the known pixels with the prior elsewhere (eps = 1e-5 is the official default).
@@ -124,7 +109,8 @@ def get_pc_inpainter(sde, shape, predictor='reverse_diffusion', corrector='lange
     mask = jnp.broadcast_to(mask, shape).astype(data.dtype)
     rng, prior_rng = jax.random.split(rng)
     x = data * mask + _prior(sde, prior_rng, shape, z) * (1. - mask)
-    x, x_mean = _pc_with_known_part(sde, x, score_fn, rng, data, mask, _identity, _identity, eps, options)
+    x, x_mean = _pc_with_known_part(sde, x, score_fn, rng, data, mask, _identity, _identity, eps, options,
+                                    randn_like)
     return inverse_scaler(x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
 
   return inpainter
@@ -133,7 +119,8 @@ def get_pc_inpainter(sde, shape, predictor='reverse_diffusion', corrector='lange
 # ---------------------------------------------------------------- colorization
 
 def get_pc_colorizer(sde, shape, predictor='reverse_diffusion', corrector='langevin', snr=0.16, n_steps=1,
-                     probability_flow=False, denoise=True, eps=1e-5, inverse_scaler=None, official_quirks=True):
+                     probability_flow=False, denoise=True, eps=1e-5, inverse_scaler=None, official_quirks=True,
+                     randn_like=sampling.standard_randn_like):
   """colorizer(rng, score_fn, gray, z=None) -> (x, nfe); gray: RGB images whose three channels are equal.
 
   The gray channel of the decoupled space is known; the two colour channels are sampled.
@@ -154,7 +141,8 @@ def get_pc_colorizer(sde, shape, predictor='reverse_diffusion', corrector='lange
     prior = _prior(sde, prior_rng, shape, z)
     free = decouple(prior * (1. - mask)) if official_quirks else decouple(prior) * (1. - mask)
     x = couple(known * mask + free)
-    x, x_mean = _pc_with_known_part(sde, x, score_fn, rng, known, mask, decouple, couple, eps, options)
+    x, x_mean = _pc_with_known_part(sde, x, score_fn, rng, known, mask, decouple, couple, eps, options,
+                                    randn_like)
     return inverse_scaler(x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
 
   return colorizer

@@ -13,6 +13,7 @@ Sources, picked by `config.data.dataset` (the official names work too):
 Random flips and uniform dequantization are drawn on the host from (seed, step).
 """
 import dataclasses
+import functools
 import glob
 import itertools
 import logging
@@ -22,7 +23,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from score_sde import parallel, toy
+from score_sde import config_table, parallel, toy
+from score_sde.registry import Registry
 
 
 class DatasetError(ValueError):
@@ -132,20 +134,34 @@ def _toy(config, name):
   return Dataset(shape=(mixture.dim,), train_batches=train_batches, eval_batches=eval_batches, is_image=False)
 
 
+DIGITS_LEVELS = 17  # scikit-learn's digits hold the grey levels 0..16
+
+
+def digits_split(num_test=None):
+  """(train_images, train_labels, test_images, test_labels) of scikit-learn's 8×8 digits in [0, 1], offline.
+
+  The split is fixed whatever the seed: the first `num_test` (default: the data.num_test default) of
+  default_rng(0).permutation(1797) are held out. The digits classifiers are trained on the same split.
+  """
+  from sklearn.datasets import load_digits
+  if num_test is None:
+    num_test = config_table.FIELDS['data.num_test'].default
+  digits = load_digits()
+  images = (digits.images / (DIGITS_LEVELS - 1.)).astype(np.float32)[..., None]
+  order = np.random.default_rng(0).permutation(len(images))
+  test, train = order[:num_test], order[num_test:]
+  return images[train], digits.target[train], images[test], digits.target[test]
+
+
 def _digits(config):
   """scikit-learn's 8×8 handwritten digits (1,797 images, 17 grey levels), offline."""
-  from sklearn.datasets import load_digits
-  digits = load_digits()
-  images = (digits.images / 16.).astype(np.float32)[..., None]
-  order = np.random.default_rng(0).permutation(len(images))  # a fixed split, whatever the seed
-  n_test = config.data.num_test
-  test, train = images[order[:n_test]], images[order[n_test:]]
+  train, _, test, _ = digits_split(config.data.num_test)
   if config.data.image_size != 8:
     size = config.data.image_size
     resize = lambda x: np.asarray(jax.image.resize(x, (len(x), size, size, 1), 'bilinear'))
     train, test = resize(train), resize(test)
   return array_dataset(train, test, config.training.batch_size, config.eval.batch_size, config.seed,
-                       config.data.random_flip, config.data.uniform_dequantization, levels=17)
+                       config.data.random_flip, config.data.uniform_dequantization, levels=DIGITS_LEVELS)
 
 
 # --- tensorflow-datasets and files on disk --------------------------------------------------------------------
@@ -358,18 +374,23 @@ def _image_folder(config):
                                                  expand_animations=False))
 
 
-_DATASETS = {
-    'digits': _digits,
-    **{name: (lambda config, name=name: _toy(config, name)) for name in toy.TOY_DISTRIBUTIONS},
-    **{name: (lambda config, name=name: _tfds_in_memory(config, name)) for name in IN_MEMORY_TFDS},
-    **{name: (lambda config, name=name: _tfds_streamed(config, name)) for name in STREAMED_TFDS},
-    **{name: (lambda config, name=name: _tfrecords(config, name)) for name in TFRECORDS},
-    'image_folder': _image_folder,
-}
+# name -> load(config) -> Dataset. Facts given at registration, read by spec() without loading anything:
+# points=True for vector data (its dimension is the toy distribution's), num_levels of stored images (default 256).
+DATASETS = Registry('data.dataset', case_sensitive=True)
+DATASETS.register('digits', _digits, num_levels=DIGITS_LEVELS)
+DATASETS.register('image_folder', _image_folder)
+for _name in toy.TOY_DISTRIBUTIONS:
+  DATASETS.register(_name, functools.partial(_toy, name=_name), points=True)
+for _name in IN_MEMORY_TFDS:
+  DATASETS.register(_name, functools.partial(_tfds_in_memory, name=_name))
+for _name in STREAMED_TFDS:
+  DATASETS.register(_name, functools.partial(_tfds_streamed, name=_name))
+for _name in TFRECORDS:
+  DATASETS.register(_name, functools.partial(_tfrecords, name=_name))
 
 
 def dataset_names():
-  return sorted(_DATASETS) + ['lsun/<category>']
+  return [name if name != 'lsun' else 'lsun/<category>' for name in DATASETS.names()]
 
 
 def canonical_name(config):
@@ -383,7 +404,7 @@ def canonical_name(config):
     if config.data.category and config.data.category != config_category:
       raise DatasetError(f'data.dataset={config.data.dataset!r} but data.category={config.data.category!r}.')
     name = 'lsun'
-  if name not in _DATASETS:
+  if name not in DATASETS:
     raise DatasetError(f'Unknown dataset {config.data.dataset!r}; known: {dataset_names()} '
                        f'(official names {sorted(OFFICIAL_NAMES) + ["LSUN"]} work too).')
   if name == 'lsun' and not config.data.category and '/' not in config.data.dataset:
@@ -401,11 +422,12 @@ class Spec:
 
 def spec(config):
   name = canonical_name(config)
-  if name in toy.TOY_DISTRIBUTIONS:
+  info = DATASETS.info(name)
+  if info.get('points'):
     return Spec(shape=(toy.get_toy_distribution(name).dim,), is_image=False, num_levels=0)
   size = config.data.image_size
-  return Spec(shape=(size, size, config.data.num_channels), is_image=True, num_levels=17 if name == 'digits' else 256)
+  return Spec(shape=(size, size, config.data.num_channels), is_image=True, num_levels=info.get('num_levels', 256))
 
 
 def get_dataset(config):
-  return _DATASETS[canonical_name(config)](config)
+  return DATASETS.get(canonical_name(config))(config)

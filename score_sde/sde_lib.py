@@ -9,6 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.registry import Registry
+
+SDES = Registry('training.sde')  # name -> SDE class; each class builds itself with from_config(config)
+
 
 def batch_mul(a, x):
   """Multiplies the per-example scalars `a` (batch,) into `x` (batch, ...)."""
@@ -73,6 +77,19 @@ class SDE(abc.ABC):
   def t_from_log_snr(self, lam):
     """The inverse of log_snr."""
     raise NotImplementedError(f'{type(self).__name__} does not tell the inverse of its log-SNR (t_from_log_snr).')
+
+  # Importance-sampled time (shared/notes/likelihood_bound.md): p(t) = g(t)² / (σ(t)² Z) on [eps, T]. With it,
+  # E_{t~U[eps,T]}[g² ‖s + z/σ‖²] = Z/(T - eps) · E_{t~p}[‖σ s + z‖²]: the likelihood-weighted loss is the plain
+  # noise-prediction loss with t drawn from p(t), times a constant.
+  def importance_sampling_norm(self, eps):
+    """Z = ∫_eps^T g(t)²/σ(t)² dt, the normaliser of p(t) ∝ g²/σ²."""
+    raise NotImplementedError(f'{type(self).__name__} has no closed-form importance-sampled time '
+                              '(importance_sampling_norm).')
+
+  def importance_sampling_t(self, u, eps):
+    """t = F⁻¹(u) for u in [0, 1] (any shape), F(t) = ∫_eps^t g²/σ² ds / Z the CDF of p(t) on [eps, T]."""
+    raise NotImplementedError(f'{type(self).__name__} has no closed-form importance-sampled time '
+                              '(importance_sampling_t).')
 
   # Sampling end time of the official run_lib.
   default_sampling_eps = 1e-3
@@ -143,6 +160,11 @@ class _LinearBeta(_UnitPrior, SDE):
     self.discrete_betas = jnp.linspace(beta_min / N, beta_max / N, N)
     self.alphas = 1. - self.discrete_betas
 
+  @classmethod
+  def from_config(cls, config):
+    m = config.model
+    return cls(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+
   @property
   def T(self):
     return 1.
@@ -159,6 +181,14 @@ class _LinearBeta(_UnitPrior, SDE):
     half_b = 0.5 * self.beta_0
     return -2. * log_alpha / (half_b + jnp.sqrt(half_b ** 2 - (self.beta_1 - self.beta_0) * log_alpha))
 
+  def integrated_beta(self, t):
+    """B(t) = ∫_0^t β = β_min t + ½ (β_max - β_min) t², so α = e^{-B/2}."""
+    return -2. * self.log_mean_coeff(t)
+
+  def _t_from_integrated_beta(self, B, eps):
+    """t with B(t) = B, t = 2B / (β_min + sqrt(β_min² + 2 Δβ B)) (no cancellation at small B), kept in [eps, T]."""
+    return jnp.clip(self.t_from_log_alpha(-0.5 * B), eps, self.T)
+
   def langevin_alpha(self, t):
     return self.alphas[self.timestep_index(t)]
 
@@ -171,6 +201,7 @@ class _LinearBeta(_UnitPrior, SDE):
     return batch_mul(-1. / self.marginal_prob(jnp.zeros_like(output), t)[1], output)
 
 
+@SDES.register('vpsde')
 class VPSDE(_LinearBeta):
   """Variance preserving: dx = -½ β(t) x dt + sqrt(β(t)) dw."""
 
@@ -211,6 +242,20 @@ class VPSDE(_LinearBeta):
     """log α = -½ log(1 + e^{-2λ}), then the quadratic in t."""
     return self.t_from_log_alpha(-0.5 * jax.nn.softplus(-2. * lam))
 
+  def _log_inverse_snr(self, t):
+    """γ(t) = log(σ²/α²) = log(e^B - 1), via expm1 (γ(1e-5) = -13.8 for β 0.1–20)."""
+    return jnp.log(jnp.expm1(self.integrated_beta(jnp.asarray(t, jnp.float32))))
+
+  def importance_sampling_norm(self, eps):
+    """g²/σ² = β / (1 - e^{-B}) = dγ/dt with γ = log(e^B - 1), so Z = γ(T) - γ(eps) (23.86 for β 0.1–20, eps 1e-5)."""
+    return self._log_inverse_snr(self.T) - self._log_inverse_snr(eps)
+
+  def importance_sampling_t(self, u, eps):
+    """p(t) is uniform in log-SNR: γ = γ(eps) + u Z, B = log(1 + e^γ) = softplus(γ), then t from B."""
+    gamma_eps = self._log_inverse_snr(eps)
+    gamma = gamma_eps + jnp.asarray(u, jnp.float32) * (self._log_inverse_snr(self.T) - gamma_eps)
+    return self._t_from_integrated_beta(jax.nn.softplus(gamma), eps)
+
   has_ancestral_chain = True
   discrete_objective = 'ddpm'
 
@@ -226,6 +271,7 @@ class VPSDE(_LinearBeta):
     return batch_mul(-1. / self.sqrt_1m_alphas_cumprod[time_cond.astype(jnp.int32)], output)
 
 
+@SDES.register('subvpsde')
 class subVPSDE(_LinearBeta):
   """Sub-VP: the VP drift with diffusion β(t)(1 - exp(-2∫β)), Eq. 29.
 
@@ -258,11 +304,28 @@ class subVPSDE(_LinearBeta):
     no cancellation near T (α → 0) nor near 0 (α → 1)."""
     return self.t_from_log_alpha(-jnp.arcsinh(0.5 * jnp.exp(-lam)))
 
+  def _log_cdf_potential(self, t):
+    """F = 2 log(e^B - 1) - B = log(2 cosh B - 2), via expm1; dF/dt = β (1 + e^{-B}) / (1 - e^{-B}) = g²/σ²."""
+    B = self.integrated_beta(jnp.asarray(t, jnp.float32))
+    return 2. * jnp.log(jnp.expm1(B)) - B
+
+  def importance_sampling_norm(self, eps):
+    """g² = β (1 - e^{-2B}), σ² = (1 - e^{-B})², so g²/σ² = dF/dt, Z = F(T) - F(eps) (37.68: β 0.1–20, eps 1e-5)."""
+    return self._log_cdf_potential(self.T) - self._log_cdf_potential(eps)
+
+  def importance_sampling_t(self, u, eps):
+    """F = F(eps) + u Z, then B = 2 asinh(e^{F/2} / 2) (e^F = 4 sinh²(B/2)); the equal arccosh(1 + e^F/2) rounds
+    to B = 0 in float32 for a third of the draws, the asinh form does not."""
+    F_eps = self._log_cdf_potential(eps)
+    F = F_eps + jnp.asarray(u, jnp.float32) * (self._log_cdf_potential(self.T) - F_eps)
+    return self._t_from_integrated_beta(2. * jnp.arcsinh(0.5 * jnp.exp(0.5 * F)), eps)
+
   def time_condition(self, t, continuous):
     """Sub-VP networks are always continuous: 999 t."""
     return t * 999
 
 
+@SDES.register('vesde')
 class VESDE(SDE):
   """Variance exploding: dx = sqrt(d σ²(t)/dt) dw with σ(t) = σ_min (σ_max/σ_min)^t."""
 
@@ -272,6 +335,11 @@ class VESDE(SDE):
     self.sigma_max = sigma_max
     # The ascending SMLD noise levels that this SDE is the limit of.
     self.discrete_sigmas = jnp.exp(jnp.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+  @classmethod
+  def from_config(cls, config):
+    m = config.model
+    return cls(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
 
   @property
   def T(self):
@@ -306,6 +374,14 @@ class VESDE(SDE):
   def t_from_log_snr(self, lam):
     return (-lam - np.log(self.sigma_min)) / np.log(self.sigma_max / self.sigma_min)
 
+  def importance_sampling_norm(self, eps):
+    """g²/σ² = d log σ²/dt = 2 log(σ_max/σ_min) is constant, so Z = 2 log(σ_max/σ_min) (T - eps)."""
+    return jnp.asarray(2. * np.log(self.sigma_max / self.sigma_min) * (self.T - eps), jnp.float32)
+
+  def importance_sampling_t(self, u, eps):
+    """p(t) is uniform on [eps, T]: t = eps + u (T - eps)."""
+    return eps + jnp.asarray(u, jnp.float32) * (self.T - eps)
+
   has_ancestral_chain = True
   discrete_objective = 'smld'
 
@@ -334,19 +410,85 @@ class VESDE(SDE):
     return jnp.zeros_like(x), jnp.sqrt(sigma ** 2 - previous ** 2)
 
 
-SDES = {'vesde': VESDE, 'vpsde': VPSDE, 'subvpsde': subVPSDE}
+def importance_sampling_norm(sde, eps, fix):
+  """sde.importance_sampling_norm(eps), or a one-sentence ValueError ending with `fix` (what to change)."""
+  try:
+    return sde.importance_sampling_norm(eps)
+  except NotImplementedError:
+    raise ValueError(f'{type(sde).__name__} has no closed-form importance-sampled time; {fix}.') from None
+
+
+@SDES.register('edm')
+class EDMSDE(SDE):
+  """EDM's SDE (Karras et al. 2022): VE with σ(t) = t, dx = sqrt(2t) dw, on t in [σ_min, σ_max].
+
+  T = σ_max and sampling ends at σ_min by default (EDM's 80 and 0.002). The kernel is α = 1, σ = t, so
+  σ̃ = t, λ = -ln t and t(λ) = e^{-λ}: EDM's sampler steps on its own schedule, and the other samplers on t.
+  The SDE is defined for every t > 0; training draws t below σ_min too (the loss's eps).
+  Networks see σ(t) = t and output the score, as for the continuous VESDE (NCSN++ with Fourier features embeds
+  ln σ; scale_by_sigma divides by σ); model.parametrization='edm' wraps them instead
+  (models/preconditioning.py). It has no discrete chain: no ancestral sampling, no discrete training.
+  """
+
+  def __init__(self, sigma_min=0.002, sigma_max=80., N=1000):
+    super().__init__(N)
+    if not 0 < sigma_min < sigma_max:
+      raise ValueError(f'The EDM SDE needs 0 < model.sigma_min < model.sigma_max, not {sigma_min} and {sigma_max}.')
+    self.sigma_min = sigma_min
+    self.sigma_max = sigma_max
+    self.default_sampling_eps = sigma_min
+
+  @classmethod
+  def from_config(cls, config):
+    m = config.model
+    return cls(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=m.num_scales)
+
+  @property
+  def T(self):
+    return self.sigma_max
+
+  def sde(self, x, t):
+    """g² = dσ²/dt = 2t."""
+    return jnp.zeros_like(x), jnp.sqrt(2. * t)
+
+  def marginal_prob(self, x, t):
+    return x, t
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.sigma_max
+
+  def prior_logp(self, z):
+    D = np.prod(z.shape[1:])
+    return (-D / 2. * np.log(2 * np.pi * self.sigma_max ** 2)
+            - _sum_except_batch(z ** 2) / (2 * self.sigma_max ** 2))
+
+  def discretize(self, x, t):
+    """The exact VE kernel over one step Δt = T/N back from t: f = 0, G = sqrt(t² - max(t - Δt, 0)²)."""
+    previous = jnp.maximum(t - self.T / self.N, 0.)
+    return jnp.zeros_like(x), jnp.sqrt(t ** 2 - previous ** 2)
+
+  def marginal_coeffs(self, t):
+    return jnp.ones_like(t), t
+
+  def log_snr(self, t):
+    return -jnp.log(t)
+
+  def t_from_log_snr(self, lam):
+    return jnp.exp(-lam)
+
+  def importance_sampling_norm(self, eps):
+    """g²/σ² = 2t/t² = 2/t, so Z = 2 ln(T/eps)."""
+    return jnp.asarray(2. * np.log(self.T / eps), jnp.float32)
+
+  def importance_sampling_t(self, u, eps):
+    """p(t) ∝ 1/t is log-uniform on [eps, T]: t = eps (T/eps)^u."""
+    return jnp.clip(eps * jnp.exp(jnp.asarray(u, jnp.float32) * np.log(self.T / eps)), eps, self.T)
+
+  def time_condition(self, t, continuous):
+    """σ(t) = t, continuous or not (there is no discrete chain to index)."""
+    return t
 
 
 def get_sde(config):
-  """Builds the SDE named by `config.training.sde` with `config.model` parameters."""
-  name = config.training.sde.lower()
-  if name not in SDES:
-    raise ValueError(f'Unknown SDE {config.training.sde!r}; known: {sorted(SDES)}.')
-  m = config.model
-  if name == 'vesde':
-    return VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
-  return SDES[name](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
-
-
-def sde_names():
-  return sorted(SDES)
+  """Builds the SDE named by `config.training.sde` from its `config.model` parameters."""
+  return SDES.get(config.training.sde).from_config(config)

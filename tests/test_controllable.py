@@ -6,14 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_rel_close, load_reference
+from helpers import PAPER_SDES as SDES, REPO, StoredNoise, assert_rel_close, load_reference
 from score_sde import controllable, sampling, sde_lib, toy
 
-SDES = {
-    'vesde': lambda N: sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=N),
-    'vpsde': lambda N: sde_lib.VPSDE(beta_min=0.1, beta_max=20., N=N),
-    'subvpsde': lambda N: sde_lib.subVPSDE(beta_min=0.1, beta_max=20., N=N),
-}
 TOL = 1e-5  # the fixtures' float32 tolerance, relative to max|x|
 PARITY_ERRORS = {}  # case family -> largest relative error seen (printed by the last parity test)
 
@@ -41,17 +36,9 @@ def nhwc(a):
 
 
 @pytest.fixture
-def stored_noise(monkeypatch):
-  """Makes sampling.standard_normal return the given draws in order; records how many were taken."""
-  state = {'noise': None, 'count': 0}
-
-  def standard_normal(rng, shape):
-    k = state['count']
-    state['count'] += 1
-    return jnp.asarray(state['noise'][k]).reshape(shape)
-
-  monkeypatch.setattr(sampling, 'standard_normal', standard_normal)
-  return state
+def stored_noise():
+  """The samplers' `randn_like`, returning the official draws in order."""
+  return StoredNoise()
 
 
 def _record(family, err):
@@ -72,13 +59,13 @@ ONE_STEP = [(task, name, kind, step) for task in ('inpaint', 'color') for name i
                                ('corr', 'langevin'), ('corr', 'none'))]
 
 
-def _update_fn(sde, name, kind, step):
+def _update_fn(sde, name, kind, step, randn_like):
   score_fn = gaussian_score(name)
   if kind == 'pred':
-    fn, _ = sampling.get_predictor(step)
-    return lambda rng, x, t: fn(sde, score_fn, rng, x, t, False)
-  fn, _ = sampling.get_corrector(step)
-  return lambda rng, x, t: fn(sde, score_fn, rng, x, t, 0.16, 1)
+    fn = sampling.PREDICTORS.get(step)
+    return lambda rng, x, t: fn(sde, score_fn, rng, x, t, False, randn_like)
+  fn = sampling.CORRECTORS.get(step)
+  return lambda rng, x, t: fn(sde, score_fn, rng, x, t, 0.16, 1, randn_like)
 
 
 @pytest.mark.parametrize('task,name,kind,step', ONE_STEP)
@@ -87,22 +74,23 @@ def test_one_step_matches_official(ref, stored_noise, task, name, kind, step):
   if f'{key}/x' not in ref:
     pytest.skip(f'{key}: the official code cannot run it (subVPSDE has no alphas)')
   sde = SDES[name](1000)
-  update = _update_fn(sde, name, kind, step)
+  update = _update_fn(sde, name, kind, step, stored_noise)
   x = jnp.asarray(ref['inputs/x_nhwc'])
   first = 1 if step == 'none' else 0  # the known-part draw is step_noise[1] even when the step draws nothing
   for i, t in enumerate(ref['inputs/t_values']):
-    stored_noise.update(noise=ref['inputs/step_noise_nhwc'], count=first)
+    stored_noise.draws, stored_noise.count = ref['inputs/step_noise_nhwc'], first
     vec_t = jnp.full((x.shape[0],), t, jnp.float32)
     if task == 'inpaint':
       args = (jnp.asarray(ref['inpaint/data_nhwc']), jnp.asarray(ref['inpaint/mask_nhwc']))
     else:
       args = (controllable.decouple(jnp.asarray(ref['color/gray_img_nhwc'])), controllable.gray_mask(x),
               controllable.decouple, controllable.couple)
-    new_x, x_mean = controllable.known_part_update(update, sde, jax.random.PRNGKey(0), x, vec_t, *args)
+    new_x, x_mean = controllable.known_part_update(update, sde, jax.random.PRNGKey(0), x, vec_t, *args,
+                                                   randn_like=stored_noise)
     family = f'one step {task}'
     _check(family, new_x, ref[f'{key}/x_nhwc'][i], f'{key} t={t} x')
     _check(family, x_mean, ref[f'{key}/x_mean_nhwc'][i], f'{key} t={t} x_mean')
-    assert stored_noise['count'] - first == ref[f'{key}/noise_calls'][i], 'number of Gaussian draws'
+    assert stored_noise.count - first == ref[f'{key}/noise_calls'][i], 'number of Gaussian draws'
 
 
 def test_color_matrix_is_the_official_one(ref):
@@ -131,16 +119,16 @@ def test_whole_run_matches_official(ref, stored_noise, task, name, folder, combo
   sde = SDES[name](len(ref[f'{key}/t']))
   predictor, corrector = combo.split('+')
   make = controllable.get_pc_inpainter if task == 'inpaint' else controllable.get_pc_colorizer
-  sampler = make(sde, noise.shape[1:], predictor, corrector, snr=0.16, n_steps=1, eps=1e-5)
+  sampler = make(sde, noise.shape[1:], predictor, corrector, snr=0.16, n_steps=1, eps=1e-5, randn_like=stored_noise)
   z = noise[0] * (50. if name == 'vesde' else 1.)  # draw 0 is the prior's
-  stored_noise.update(noise=noise[1:], count=0)
+  stored_noise.draws = noise[1:]
   with jax.disable_jit():
     if task == 'inpaint':
       x, nfe = sampler(jax.random.PRNGKey(0), gaussian_score(name), ref['inpaint/data_nhwc'],
                        ref['inpaint/mask_nhwc'], z=z)
     else:
       x, nfe = sampler(jax.random.PRNGKey(0), gaussian_score(name), ref['color/gray_img_nhwc'], z=z)
-  assert stored_noise['count'] == len(noise) - 1, 'number of Gaussian draws'
+  assert stored_noise.count == len(noise) - 1, 'number of Gaussian draws'
   assert int(nfe) == sde.N * ((predictor != 'none') + (corrector != 'none'))
   scale = np.abs(ref[f'{key}/traj_x']).max()  # VE passes through |x| ~ 200
   _check(f'whole run {task} {name}', x, ref[f'{key}/output_nhwc'], key, scale)
@@ -311,31 +299,31 @@ def quickstart_config(**sampling_fields):
     (dict(condition='class', classifier='/nonexistent/wrn_checkpoint'), 'no such file'),
 ])
 def test_check_refuses_bad_input_in_one_line(fields, message):
-  from score_sde import conditioning
+  from score_sde.runner import conditional_sampling
   with pytest.raises(ValueError, match=message) as error:
-    conditioning.check(quickstart_config(**fields))
+    conditional_sampling.check(quickstart_config(**fields))
   assert '\n' not in str(error.value)
 
 
 def test_check_refuses_a_mask_file_of_the_wrong_shape(tmp_path):
-  from score_sde import conditioning
+  from score_sde.runner import conditional_sampling
   np.save(tmp_path / 'mask.npy', np.ones((5, 5)))
   with pytest.raises(ValueError, match=r'has shape \(5, 5\)'):
-    conditioning.check(quickstart_config(condition='inpaint', mask=str(tmp_path / 'mask.npy')))
+    conditional_sampling.check(quickstart_config(condition='inpaint', mask=str(tmp_path / 'mask.npy')))
   mask = np.ones((8, 8))
   mask[2:6, 2:6] = 0
   np.save(tmp_path / 'mask.npy', mask)
-  conditioning.check(quickstart_config(condition='inpaint', mask=str(tmp_path / 'mask.npy')))
+  conditional_sampling.check(quickstart_config(condition='inpaint', mask=str(tmp_path / 'mask.npy')))
 
 
 def test_masks():
-  from score_sde import conditioning
+  from score_sde.runner import conditional_sampling
   shape = (3, 8, 8, 1)
-  half = conditioning.make_mask('half', 0.5, shape)
+  half = conditional_sampling.make_mask('half', 0.5, shape)
   assert half[:, :, :4].min() == 1 and half[:, :, 4:].max() == 0
-  box = conditioning.make_mask('box', 0.25, shape)
+  box = conditional_sampling.make_mask('box', 0.25, shape)
   assert box.sum() == 3 * (64 - 16) and box[:, 2:6, 2:6].max() == 0
-  random = conditioning.make_mask('random', 0.5, (64, 8, 8, 3))
+  random = conditional_sampling.make_mask('random', 0.5, (64, 8, 8, 3))
   assert abs(random.mean() - 0.5) < 0.02 and np.all(random == random[..., :1])
 
 
@@ -344,16 +332,17 @@ def test_run_writes_grid_npz_and_metrics(tmp_path, monkeypatch, condition):
   """run() end to end with the score of N(0, I) data (exact for VP) in place of a trained network."""
   from PIL import Image
 
-  from score_sde import conditioning, models
+  from score_sde import models
+  from score_sde.runner import conditional_sampling
   monkeypatch.setattr(models, 'get_score_fn', lambda *args, **kwargs: (lambda x, t: -x))
   monkeypatch.setattr(models, 'get_model', lambda config: None)
   fields = dict(condition=condition, num_inputs=3, num_completions=2)
   if condition == 'class':
     fields.update(classifier='noisy_digits', labels='1,7', guidance_scale=2.)
   config = quickstart_config(**fields)
-  conditioning.check(config)
+  conditional_sampling.check(config)
   state = type('State', (), {'step': 7, 'params_ema': {}})()
-  metrics = conditioning.run(config, str(tmp_path), state)
+  metrics = conditional_sampling.run(config, str(tmp_path), state)
   stem = tmp_path / 'samples' / f'{condition}_step_7'
   picture = np.asarray(Image.open(f'{stem}.png'))
   arrays = np.load(f'{stem}.npz')
@@ -375,18 +364,18 @@ def test_run_writes_grid_npz_and_metrics(tmp_path, monkeypatch, condition):
 
 
 def test_colorize_task_keeps_the_gray_level(monkeypatch):
-  """conditioning.colorize on RGB images (held-out data replaced): completions have the input's gray level."""
-  from score_sde import conditioning
+  """conditional_sampling.colorize on RGB images (held-out data replaced): completions have the input's gray level."""
+  from score_sde.runner import conditional_sampling
   images = np.random.default_rng(0).uniform(0.2, 0.8, size=(2, 8, 8, 3)).astype(np.float32)
-  monkeypatch.setattr(conditioning, 'held_out_images', lambda config, n: images[:n])
+  monkeypatch.setattr(conditional_sampling, 'held_out_images', lambda config, n: images[:n])
   config = quickstart_config(condition='colorize', num_inputs=2, num_completions=2, corrector='langevin')
   config.data.num_channels = 3
-  conditioning.check(config)
+  conditional_sampling.check(config)
   sde = sde_lib.get_sde(config)
   def score_fn(x, t):  # data N(0, 0.1² I) in [-1, 1]: colours stay inside the picture, so no clipping
     a, s = sde.marginal_prob(jnp.ones_like(t), t)
     return -x / (0.01 * a ** 2 + s ** 2)[:, None, None, None]
-  rows, arrays, metrics = conditioning.colorize(config, sde, score_fn, jax.random.PRNGKey(0))
+  rows, arrays, metrics = conditional_sampling.colorize(config, sde, score_fn, jax.random.PRNGKey(0))
   gray = arrays['completions'].mean(-1)
   np.testing.assert_allclose(gray, np.broadcast_to(images.mean(-1)[:, None], gray.shape), atol=2e-3)
   assert arrays['completions'].std(-1).mean() > 0.01  # colour was sampled, not copied from the gray input

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from score_sde import datasets
-from test_run_cli import REPO, finish, run_cli
+from helpers import REPO, finish, run_cli
 
 QUICKSTART = str(REPO / 'configs' / 'quickstart.py')
 

@@ -53,7 +53,7 @@ def find_cycle(graph):
 
 def test_the_graph_sees_imports():
   graph = import_graph()
-  assert 'score_sde.train' in graph['score_sde.run_lib']
+  assert 'score_sde.runner.train' in graph['score_sde.runner.modes']
   assert find_cycle({'a': {'b'}, 'b': {'a'}}) == ['a', 'b', 'a']
 
 
@@ -62,13 +62,65 @@ def test_no_import_cycle():
 
 
 def test_evaluate_does_not_import_the_training_loop():
-  assert 'score_sde.train' not in import_graph()['score_sde.evaluate']
+  assert 'score_sde.runner.train' not in import_graph()['score_sde.runner.evaluate']
 
 
-def test_the_math_imports_no_runner_model_or_dataset():
+MATH = ('score_sde.sde_lib', 'score_sde.sampling', 'score_sde.likelihood', 'score_sde.losses', 'score_sde.controllable',
+        'score_sde.toy', 'score_sde.datasets', 'score_sde.models')
+LEAVES = ('score_sde.config_table', 'score_sde.parallel', 'score_sde.registry', 'score_sde.atomic_files')
+
+
+def _in(name, packages):
+  return any(name == p or name.startswith(p + '.') for p in packages)
+
+
+def test_the_math_and_models_import_no_runner_or_metrics():
   graph = import_graph()
-  forbidden = {'score_sde.train', 'score_sde.run_lib', 'score_sde.evaluate', 'score_sde.datasets',
-               'score_sde.checkpoints', 'score_sde.models'}
   for name in graph:
-    if name in ('score_sde.sde_lib', 'score_sde.likelihood') or name.startswith('score_sde.sampling'):
-      assert not graph[name] & forbidden, (name, graph[name] & forbidden)
+    if _in(name, MATH):
+      bad = {t for t in graph[name] if _in(t, ('score_sde.runner', 'score_sde.metrics'))}
+      assert not bad, (name, bad)
+
+
+def test_metrics_import_no_runner():
+  graph = import_graph()
+  for name in graph:
+    if _in(name, ('score_sde.metrics',)):
+      assert not {t for t in graph[name] if _in(t, ('score_sde.runner',))}, name
+
+
+def test_samplers_and_likelihood_import_no_model_or_dataset_and_models_no_dataset():
+  graph = import_graph()
+  for name in graph:
+    if _in(name, ('score_sde.sde_lib', 'score_sde.likelihood', 'score_sde.sampling')):
+      assert not {t for t in graph[name] if _in(t, ('score_sde.models', 'score_sde.datasets'))}, name
+    if _in(name, ('score_sde.models',)):
+      assert 'score_sde.datasets' not in graph[name], name
+
+
+def top_level_imports(path):
+  """The score_sde modules a file imports when it is loaded (module level, not inside functions)."""
+  found = set()
+  for node in ast.parse(path.read_text()).body:
+    if isinstance(node, ast.Import):
+      found.update(a.name for a in node.names if a.name.startswith('score_sde'))
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('score_sde'):
+      found.add(node.module)
+  return found
+
+
+def test_leaves_import_nothing_of_the_package_at_load_time():
+  for leaf in LEAVES:
+    path = PACKAGE / (leaf.split('.')[-1] + '.py')
+    assert top_level_imports(path) == set(), (leaf, top_level_imports(path))
+
+
+def test_no_two_modules_differ_only_by_a_suffix():
+    """evaluate/evaluation, layers/layerspp: one name must not be the start of another in the same package."""
+    stems = {}
+    for path in PACKAGE.rglob('*.py'):
+      stems.setdefault(path.parent, []).append(path.stem)
+    for folder, names in stems.items():
+      for a in names:
+        for b in names:
+          assert a == b or not b.startswith(a) or a.startswith('_'), (folder, a, b)

@@ -4,9 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_reference
 from score_sde import likelihood, sampling, sde_lib
-from test_sampling_oracle import MIXTURE, ORACLE_SDES
+from helpers import MIXTURE, PAPER_SDES, load_reference
 
 SCALERS = {'vesde': lambda x: x, 'vpsde': lambda x: (x + 1.) / 2., 'subvpsde': lambda x: (x + 1.) / 2.}
 
@@ -67,10 +66,10 @@ def test_8bit_offset_follows_the_inverse_scaler():
   assert likelihood.bits_per_dim_offset(lambda x: (x + 1.) / 2.) == 7.
 
 
-@pytest.mark.parametrize('name', list(ORACLE_SDES))
+@pytest.mark.parametrize('name', list(PAPER_SDES))
 def test_exact_divergence_likelihood_matches_the_mixture_density(name):
   """bpd = -(log q_eps(x) + prior_logp(z) - log q_T(z)) / (D ln 2) for the exact score and exact divergence."""
-  sde = ORACLE_SDES[name]()
+  sde = PAPER_SDES[name]()
   x = MIXTURE.sample(jax.random.PRNGKey(3), 256)
   eps = 1e-5
   likelihood_fn = likelihood.get_likelihood_fn(sde, hutchinson_type='exact', rtol=1e-5, atol=1e-5, eps=eps)
@@ -84,7 +83,7 @@ def test_exact_divergence_likelihood_matches_the_mixture_density(name):
 
 def test_hutchinson_estimates_are_unbiased_for_the_mixture():
   """Averaged over probes, Rademacher and Gaussian bpd agree with the exact divergence."""
-  sde = ORACLE_SDES['vpsde']()
+  sde = PAPER_SDES['vpsde']()
   x = jnp.repeat(MIXTURE.sample(jax.random.PRNGKey(4), 4), 64, axis=0)
   exact, _, _ = likelihood.get_likelihood_fn(sde, hutchinson_type='exact', rtol=1e-4, atol=1e-4)(
       jax.random.PRNGKey(0), MIXTURE.marginal_score(sde), x)

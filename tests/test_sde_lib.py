@@ -3,35 +3,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_rel_close, load_reference
+from helpers import PAPER_SDES as SDES, analytic_score, assert_rel_close, load_reference, stored, time_cases
 from score_sde import sde_lib
 
-SDES = {
-    'vesde': lambda: sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000),
-    'vpsde': lambda: sde_lib.VPSDE(beta_min=0.1, beta_max=20., N=1000),
-    'subvpsde': lambda: sde_lib.subVPSDE(beta_min=0.1, beta_max=20., N=1000),
-}
 
 
 @pytest.fixture(scope='module')
 def ref():
   return load_reference('sde_steps')
 
-
-def time_cases(ref, name):
-  """(t vector, key prefix, index into stacked arrays) for each fixed t and the mixed batch."""
-  for i, t in enumerate(ref['t_values']):
-    yield jnp.full((3,), t, jnp.float32), f'{name}/', i
-  yield jnp.asarray(ref['t_mixed']), f'{name}/mixed/', None
-
-
-def stored(ref, key, i):
-  return ref[key] if i is None else ref[key][i]
-
-
-def analytic_score(sde, ref_prefix, ref, i):
-  m, s2 = stored(ref, ref_prefix + 'gauss_m', i), stored(ref, ref_prefix + 'gauss_s2', i)
-  return lambda x, t: -(x - m[:, None, None, None]) / s2[:, None, None, None]
 
 
 @pytest.mark.parametrize('name', list(SDES))
@@ -96,7 +76,7 @@ def test_marginals_solve_the_forward_sde():
 def test_get_sde_rejects_unknown_names():
   import ml_collections
   config = ml_collections.ConfigDict({'training': {'sde': 'cosine'}, 'model': {}})
-  with pytest.raises(ValueError, match="Unknown SDE 'cosine'.*vesde"):
+  with pytest.raises(ValueError, match=r"training.sde='cosine' is unknown; known: \[.*'vesde'.*\]"):
     sde_lib.get_sde(config)
 
 

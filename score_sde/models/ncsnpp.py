@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_sde.models import layers, layerspp
+from score_sde.models import layers, plusplus_blocks
 from score_sde.models.layers import ddpm_conv3x3, default_init, group_norm
 from score_sde.models.utils import check_unet_config, register_model
 
@@ -65,10 +65,10 @@ class NCSNpp(nn.Module):
     block_kw = dict(act=act, dropout=m.dropout, init_scale=init_scale, skip_rescale=skip_rescale,
                     conv_dtype=None if conv_dtype == 'float32' else jnp.dtype(conv_dtype))
     if resblock_type == 'ddpm':
-      ResnetBlock = functools.partial(layerspp.ResnetBlockDDPMpp, **block_kw)
+      ResnetBlock = functools.partial(plusplus_blocks.ResnetBlockDDPMpp, **block_kw)
     else:
-      ResnetBlock = functools.partial(layerspp.ResnetBlockBigGANpp, fir=fir, fir_kernel=fir_kernel, **block_kw)
-    AttnBlock = functools.partial(layerspp.AttnBlockpp, init_scale=init_scale, skip_rescale=skip_rescale)
+      ResnetBlock = functools.partial(plusplus_blocks.ResnetBlockBigGANpp, fir=fir, fir_kernel=fir_kernel, **block_kw)
+    AttnBlock = functools.partial(plusplus_blocks.AttnBlockpp, init_scale=init_scale, skip_rescale=skip_rescale)
     resample_kw = dict(fir=fir, fir_kernel=fir_kernel)
 
     def block(h, **kw):
@@ -91,14 +91,14 @@ class NCSNpp(nn.Module):
         hs.append(h)
       if level != num_levels - 1:
         if resblock_type == 'ddpm':
-          h = layerspp.Downsample(with_conv=m.resamp_with_conv, **resample_kw)(hs[-1])
+          h = plusplus_blocks.Downsample(with_conv=m.resamp_with_conv, **resample_kw)(hs[-1])
         else:
           h = block(hs[-1], down=True)
         if progressive_input == 'input_skip':
-          input_pyramid = layerspp.Downsample(with_conv=False, **resample_kw)(input_pyramid)
-          h = layerspp.Combine(method=combine)(input_pyramid, h)
+          input_pyramid = plusplus_blocks.Downsample(with_conv=False, **resample_kw)(input_pyramid)
+          h = plusplus_blocks.Combine(method=combine)(input_pyramid, h)
         elif progressive_input == 'residual':
-          input_pyramid = layerspp.Downsample(out_ch=h.shape[-1], with_conv=True, **resample_kw)(input_pyramid)
+          input_pyramid = plusplus_blocks.Downsample(out_ch=h.shape[-1], with_conv=True, **resample_kw)(input_pyramid)
           h = input_pyramid = skip_sum(input_pyramid, h)
         hs.append(h)
 
@@ -120,15 +120,15 @@ class NCSNpp(nn.Module):
           scale = init_scale if progressive == 'output_skip' else 1.
           pyramid = ddpm_conv3x3(act(group_norm(h)), width, init_scale=scale)
         elif progressive == 'output_skip':
-          pyramid = layerspp.Upsample(with_conv=False, **resample_kw)(pyramid)
+          pyramid = plusplus_blocks.Upsample(with_conv=False, **resample_kw)(pyramid)
           pyramid = pyramid + ddpm_conv3x3(act(group_norm(h)), out_channels, init_scale=init_scale)
         else:  # residual
-          pyramid = layerspp.Upsample(out_ch=h.shape[-1], with_conv=True, **resample_kw)(pyramid)
+          pyramid = plusplus_blocks.Upsample(out_ch=h.shape[-1], with_conv=True, **resample_kw)(pyramid)
           h = pyramid = skip_sum(pyramid, h)
 
       if level != 0:
         if resblock_type == 'ddpm':
-          h = layerspp.Upsample(with_conv=m.resamp_with_conv, **resample_kw)(h)
+          h = plusplus_blocks.Upsample(with_conv=m.resamp_with_conv, **resample_kw)(h)
         else:
           h = block(h, up=True)
     assert not hs

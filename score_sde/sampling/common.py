@@ -3,28 +3,20 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from score_sde.config_table import require  # noqa: F401  (the samplers' checks)
+from score_sde.registry import Registry
 from score_sde.sde_lib import batch_mul
 
 
-def standard_normal(rng, shape):
-  """The one source of Gaussian noise in the samplers (tests replace `sampling.standard_normal`)."""
-  return jax.random.normal(rng, shape)
-
-
-def normal(rng, shape):
-  """`sampling.standard_normal` as the package holds it when the sampler is traced."""
-  from score_sde import sampling
-  return sampling.standard_normal(rng, shape)
+def standard_randn_like(rng, x):
+  """N(0, I) shaped like x: the default Gaussian noise source. Every sampler that draws noise after the prior
+  takes its source as the argument `randn_like(rng, x)`, as EDM's sampler takes `randn_like`."""
+  return jax.random.normal(rng, x.shape)
 
 
 def shard_batch(x, sharding):
   """Places the batch axis of x across devices (e.g. NamedSharding(mesh, P('data'))); XLA shards the loop."""
   return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
-
-
-def require(condition, message):
-  if not condition:
-    raise ValueError(message)
 
 
 def resolve_eps(sde, eps):
@@ -58,18 +50,29 @@ def data_prediction(sde, score_fn, x, t):
   return batch_mul(1. / alpha, x + batch_mul(sigma ** 2, score_fn(x, vec(t, x))))
 
 
-def check_skip_type(skip_type):
-  require(skip_type.lower() in ('logsnr', 'time_uniform'),
-          f"sampling.skip_type={skip_type!r} is unknown; use 'logSNR' or 'time_uniform'.")
+TIME_GRIDS = Registry('sampling.skip_type')  # name -> grid(sde, num_steps, eps): num_steps + 1 times, T to eps
 
 
-def time_grid(sde, num_steps, eps, skip_type='logSNR'):
-  """num_steps + 1 times from T down to eps, uniform in λ = log(α/σ) ('logSNR') or in t ('time_uniform')."""
-  if skip_type.lower() == 'time_uniform':
-    return jnp.linspace(sde.T, eps, num_steps + 1)
+@TIME_GRIDS.register('time_uniform')
+def _uniform_in_t(sde, num_steps, eps):
+  return jnp.linspace(sde.T, eps, num_steps + 1)
+
+
+@TIME_GRIDS.register('logSNR')
+def _uniform_in_log_snr(sde, num_steps, eps):
+  """Uniform in λ = log(α/σ), mapped back through the SDE's closed-form t(λ)."""
   lam_T, lam_eps = sde.log_snr(jnp.asarray([sde.T, eps]))
   t = sde.t_from_log_snr(jnp.linspace(lam_T, lam_eps, num_steps + 1))
   return t.at[0].set(sde.T).at[-1].set(eps)  # the ends exactly
+
+
+def check_skip_type(skip_type):
+  TIME_GRIDS.get(skip_type)
+
+
+def time_grid(sde, num_steps, eps, skip_type='logSNR'):
+  """num_steps + 1 times from T down to eps, uniform in λ ('logSNR') or in t ('time_uniform')."""
+  return TIME_GRIDS.get(skip_type)(sde, num_steps, eps)
 
 
 def make_sampler(sde, shape, loop, nfe, eps, denoise, inverse_scaler, sharding):

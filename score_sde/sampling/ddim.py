@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, check_skip_type, data_prediction,
-                                       make_sampler, normal, require, resolve_eps, time_grid)
+                                       make_sampler, require, resolve_eps, standard_randn_like, time_grid)
 from score_sde.sampling.registry import register_sampler
 
 
 @register_sampler('ddim')
 def get_ddim_sampler(sde, shape, num_steps=20, eta=0., skip_type='logSNR', eps=None, denoise=True,
-                     inverse_scaler=None, sharding=None):
+                     inverse_scaler=None, sharding=None, randn_like=standard_randn_like):
   """num_steps intervals (uniform in λ by default), num_steps score evaluations (+1 with denoise)."""
   check_gaussian_kernel(sde, 'ddim')
   check_num_steps(num_steps)
@@ -34,7 +34,7 @@ def get_ddim_sampler(sde, shape, num_steps=20, eta=0., skip_type='logSNR', eps=N
       c = eta * sigma_t * jnp.sqrt(-jnp.expm1(2. * (lam_s - lam_t)))
       x = alpha_t * x0 + jnp.sqrt(sigma_t ** 2 - c ** 2) * noise_hat
       if eta > 0:
-        x = x + c * normal(step_rng, x.shape)
+        x = x + c * randn_like(step_rng, x)
       return x, None
 
     inputs = (t[:-1], alpha[:-1], sigma[:-1], lam[:-1], alpha[1:], sigma[1:], lam[1:],

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.sampling.common import (check_gaussian_kernel, check_num_steps, data_prediction, make_sampler,
-                                       normal, require, resolve_eps)
+                                       require, resolve_eps, standard_randn_like)
 from score_sde.sampling.registry import register_sampler
 
 
@@ -25,7 +25,7 @@ def noise_levels(sde, num_steps, eps, rho):
 
 @register_sampler('edm_heun')
 def get_edm_sampler(sde, shape, num_steps=20, rho=7., s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.,
-                    eps=None, denoise=True, inverse_scaler=None, sharding=None):
+                    eps=None, denoise=True, inverse_scaler=None, sharding=None, randn_like=standard_randn_like):
   """num_steps noise levels; s_churn > 0 adds noise between s_tmin <= σ̃ <= s_tmax (in σ̃ units)."""
   check_gaussian_kernel(sde, 'edm_heun')
   check_num_steps(num_steps)
@@ -52,7 +52,7 @@ def get_edm_sampler(sde, shape, num_steps=20, rho=7., s_churn=0., s_tmin=0., s_t
       if s_churn > 0:
         t_hat = jnp.where(gamma > 0, sde.t_from_log_snr(-jnp.log(sigma_hat)), t_cur)
         # sqrt(σ̂² - σ̃_i²) = σ̃_i sqrt(γ (2 + γ)), never the square root of a rounded-negative difference.
-        x = x + sigma_cur * jnp.sqrt(gamma * (2. + gamma)) * s_noise * normal(step_rng, x.shape)
+        x = x + sigma_cur * jnp.sqrt(gamma * (2. + gamma)) * s_noise * randn_like(step_rng, x)
       # Euler step, then the trapezoidal (Heun) correction.
       d = (x - denoiser(score_fn, x, t_hat)) / sigma_hat
       x_next = x + (sigma_next - sigma_hat) * d

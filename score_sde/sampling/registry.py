@@ -2,10 +2,10 @@
 import inspect
 
 from score_sde import config_table
+from score_sde.registry import Registry
 
-_SAMPLERS = {}
-SAMPLERS = _SAMPLERS  # name -> factory (validate.py tests membership)
-_NOT_OPTIONS = ('sde', 'shape', 'eps', 'inverse_scaler', 'sharding')
+SAMPLERS = Registry('sampling.method')  # name -> factory(sde, shape, **options) -> sampler
+_NOT_OPTIONS = ('sde', 'shape', 'eps', 'inverse_scaler', 'sharding', 'randn_like')
 _ALIASES = {'denoise': 'noise_removal'}  # option -> official config.sampling field
 
 
@@ -17,20 +17,16 @@ def register_sampler(name, aliases=None):
   """
   def register(factory):
     factory.config_aliases = {**_ALIASES, **(aliases or {})}
-    _SAMPLERS[name] = factory
-    return factory
+    return SAMPLERS.register(name, factory)
   return register
 
 
 def sampler_names():
-  return sorted(_SAMPLERS)
+  return SAMPLERS.names()
 
 
 def _factory(name):
-  key = name.lower()
-  if key not in _SAMPLERS:
-    raise ValueError(f'sampling.method={name!r} is unknown; known: {sampler_names()}.')
-  return _SAMPLERS[key]
+  return SAMPLERS.get(name)
 
 
 def get_sampler(name, sde, shape, **options):

@@ -1,0 +1,145 @@
+"""What each --mode of run.py does: one table (`MODES`) from the mode's name to its function."""
+import os
+
+import jax
+import numpy as np
+
+from score_sde import atomic_files, datasets, models, parallel, sampling, sde_lib
+from score_sde.metrics import formulas
+from score_sde.registry import Registry
+from score_sde.runner import (checkpoints, conditional_sampling, evaluate, outputs, run_state, train, validate,
+                              workdir_lock)
+
+
+MODES = Registry('--mode')  # name -> run(config, workdir, eval_folder, config_path); info: help, one line
+
+
+class RunFailed(RuntimeError):
+  """A run that started but could not finish."""
+
+
+def _restore(config, workdir):
+  state = checkpoints.restore(workdir, run_state.abstract_train_state(config))
+  if state is None:
+    raise RunFailed(f'no checkpoint in {workdir} restores; train again.')
+  return state
+
+
+@MODES.register('train', help='train from scratch, or resume from the latest good checkpoint in --workdir')
+def run_train(config, workdir, config_path='', **_):
+  dataset = datasets.get_dataset(config)  # a missing dataset is reported before the workdir is touched
+  lock = workdir_lock.WorkdirLock(workdir, 'training') if parallel.is_main_process() else None
+  try:
+    if lock:
+      lock.acquire()
+    return train.train(config, workdir, dataset, config_path)
+  except train.TrainingDiverged as error:
+    raise RunFailed(str(error)) from None
+  finally:
+    if lock:
+      lock.release()
+
+
+@MODES.register('sample', help='eval.num_samples samples (sampling.method; sampling.condition for controllable '
+                'generation)')
+def run_sample(config, workdir, **_):
+  """eval.num_samples samples from the EMA parameters, in rounds of eval.batch_size, to <workdir>/samples."""
+  state = _restore(config, workdir)
+  if conditional_sampling.CONDITIONS.get(config.sampling.condition) is not None:
+    return conditional_sampling.run(config, workdir, state)
+  sde, model = sde_lib.get_sde(config), models.get_model(config)
+  batch = min(config.eval.batch_size, config.eval.num_samples)
+  sampler = sampling.get_sampling_fn(config, sde, (batch,) + datasets.spec(config).shape,
+                                     datasets.get_data_inverse_scaler(config), sharding=parallel.batch_sharding())
+  score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
+  num_rounds = -(-config.eval.num_samples // batch)
+  progress = outputs.Progress('sample', num_rounds, 'round')
+  rounds, total_nfe = [], 0
+  for r in range(num_rounds):
+    samples, nfe = sampler(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), r), score_fn)
+    rounds.append(parallel.to_host(samples))
+    total_nfe += int(nfe)
+    progress.update()
+  progress.close()
+  samples = np.concatenate(rounds)[:config.eval.num_samples]
+  path = outputs.save_samples(os.path.join(workdir, 'samples'), f'samples_step_{int(state.step)}', samples)
+  outputs.say(f'Wrote {len(samples)} samples ({total_nfe // num_rounds} score evaluations each) to {path}')
+  return samples
+
+
+@MODES.register('likelihood', help='bits/dim of the held-out split under the probability-flow ODE')
+def run_likelihood(config, workdir, **_):
+  """bpd of the held-out split under the EMA parameters, mean ± standard error, to likelihood.json."""
+  state = _restore(config, workdir)
+  sde, model = sde_lib.get_sde(config), models.get_model(config)
+  dataset = datasets.get_dataset(config)
+  bpd_fn = evaluate.get_bpd_fn(config, sde, dataset)
+  score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
+  key = jax.random.PRNGKey(config.seed + 2)
+  batches = list(dataset.eval_batches())
+  progress = outputs.Progress('likelihood', len(batches), 'batch')
+  values = []
+  for i, batch in enumerate(batches):
+    values.append(bpd_fn(score_fn, batch['image'], [config.seed, i], jax.random.fold_in(key, i)))
+    progress.update()
+  progress.close()
+  values = np.concatenate(values)
+  bpd = formulas.mean_stderr(values)
+  result = {'step': int(state.step), 'bpd_mean': bpd['mean'], 'bpd_stderr': bpd['stderr'],
+            'num_examples': int(len(values)), 'dataset': config.data.dataset}
+  if parallel.is_main_process():
+    atomic_files.write_json(os.path.join(workdir, 'likelihood.json'), result)
+  outputs.say(f"bpd {result['bpd_mean']:.4f} ± {result['bpd_stderr']:.4f} over {len(values)} examples")
+  return result
+
+
+@MODES.register('eval', help='FID/KID/IS of samples, bpd and held-out loss, over the checkpoints '
+                'eval.begin_ckpt..eval.end_ckpt')
+def run_eval(config, workdir, eval_folder='eval', **_):
+  evaluate.checkpoint_steps(config, workdir)  # nothing to evaluate: say so before anything is written
+  lock = workdir_lock.WorkdirLock(workdir, f'evaluation-{eval_folder}') if parallel.is_main_process() else None
+  try:
+    if lock:
+      lock.acquire()
+    return evaluate.evaluate(config, workdir, eval_folder)
+  finally:
+    if lock:
+      lock.release()
+
+
+def check(config, workdir, mode, eval_folder='eval', config_path=''):
+  """Everything about a run that can be known before it starts, checked without writing anything; returns what
+  the run would do, in one line. Problems raise as run() raises them (validate.ConfigError: exit code 2)."""
+  spec = datasets.spec(config)
+  needs_data = mode != 'sample' or conditional_sampling.CONDITIONS.get(config.sampling.condition) is not None
+  try:
+    if needs_data:
+      datasets.get_dataset(config)  # missing data are reported here
+    target = run_state.abstract_train_state(config)
+    step = checkpoints.newest_fitting_step(workdir, target)
+    if step is None and checkpoints.saved_steps(workdir):
+      raise train.CheckpointMismatch(f'{workdir} has checkpoints, but none fits the state this config builds (a '
+                                     'changed model or optimizer?); use a new --workdir or the original config.')
+    data = f"{config.data.dataset} {'x'.join(map(str, spec.shape))}"
+    what = {
+        'train': lambda: (f"train {config.model.name} ({run_state.num_params(target):,} parameters) on {data} with "
+                          f"{config.training.sde} to step {config.training.n_iters}, "
+                          + (f'resuming from step {step}' if step is not None else 'from scratch')),
+        'sample': lambda: (f"sample {config.eval.num_samples} with {config.sampling.method} from step {step}"
+                           if config.sampling.condition == 'none' else
+                           f"sample with sampling.condition={config.sampling.condition} from step {step}"),
+        'likelihood': lambda: f'bits/dim of the held-out {data} under the probability-flow ODE, from step {step}',
+        'eval': lambda: (f'evaluate the checkpoints of steps {evaluate.checkpoint_steps(config, workdir)} into '
+                         f'{os.path.join(workdir, eval_folder)}'),
+    }[mode]()
+  except (datasets.DatasetError, evaluate.EvalError, train.CheckpointMismatch) as error:
+    raise validate.ConfigError(str(error)) from None
+  return f"check ok: {config_path or 'the config'} would {what} in {workdir}; nothing was written."
+
+
+def run(config, workdir, mode, eval_folder='eval', config_path=''):
+  """Runs `mode`; errors the user can fix come out as validate.ConfigError (exit code 2)."""
+  try:
+    return MODES.get(mode)(config, workdir, eval_folder=eval_folder, config_path=config_path)
+  except (datasets.DatasetError, evaluate.EvalError, train.CheckpointMismatch, workdir_lock.WorkdirBusy) as error:
+    raise validate.ConfigError(str(error)) from None
