@@ -90,36 +90,48 @@ def runs(tmp_path_factory):
   return run_of
 
 
+# The trained runs the docs name (runs/<name>), and the config each was trained with.
+TRAINED = {'quickstart': 'configs/quickstart.py', 'gmm': 'configs/toy/gmm.py'}
+
+
+def _with_runs(argv, runs, config=None):
+  """argv with each runs/<name> replaced by a run of the test's own (made from `config`, or TRAINED[name])."""
+  out = []
+  for arg in argv:
+    for name in re.findall(r'runs/(\w+)', arg):
+      arg = arg.replace(f'runs/{name}', str(runs(name, config or TRAINED[name])))
+    out.append(arg)
+  return out
+
+
 def cheap_form(command, runs):
   """The argv that runs `command` cheaply, with runs/<name> mapped to the test's runs."""
-  argv = shlex.split(command)
+  argv = [sys.executable] + shlex.split(command)[1:]
   script = argv[1]
-  argv = [sys.executable] + argv[1:]
   if script == 'run.py' and '--config' not in argv:
     return argv
   if script == 'run.py':
     config = argv[argv.index('--config') + 1]
+    config = None if ':' in config else config  # experiments/workdir_config.py:runs/<name> reads a trained run
     workdir = argv.index('--workdir') + 1
-    name = argv[workdir].removeprefix('runs/')
-    mode = argv[argv.index('--mode') + 1]
-    argv[workdir] = str(runs(name, config) if mode != 'train' else runs.root / f'new_{name}')
-    return argv + ['--check']
+    if argv[argv.index('--mode') + 1] == 'train':  # a new run: a folder that does not exist yet
+      argv[workdir] = str(runs.root / ('new_' + argv[workdir].replace('/', '_')))
+    return _with_runs(argv, runs, config) + ['--check']
   if script == 'experiments/likelihood_eval.py':
-    for i, arg in enumerate(argv):
-      if argv[i - 1] == '--workdir':
-        name = arg.removeprefix('runs/')
-        argv[i] = str(runs(name, {'quickstart': 'configs/quickstart.py', 'gmm': 'configs/toy/gmm.py'}[name]))
-    return argv + ['--check']
+    return _with_runs(argv, runs) + ['--check']
   if script == 'experiments/sweep.py':
     return argv + ['--print_commands', '--out', str(runs.root / 'sweeps')]
   return [sys.executable, script, '--help']
 
 
 @pytest.fixture(scope='module')
-def outcomes(runs):
-  """command -> (argv, finished process), every runnable command run once, three at a time (each is mostly a
-  Python start-up importing JAX and TensorFlow)."""
-  argvs = {command: cheap_form(command, runs) for _, command in COMMANDS if skip_reason(command) is None}
+def outcomes(runs, request):
+  """command -> (argv, finished process), every selected runnable command run once, three at a time (each is
+  mostly a Python start-up importing JAX and TensorFlow)."""
+  selected = {item.callspec.params['command'] for item in request.session.items
+              if item.originalname == 'test_documented_command_runs'}
+  argvs = {command: cheap_form(command, runs) for _, command in COMMANDS
+           if command in selected and skip_reason(command) is None}
 
   def run(argv):
     return subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, check=False)
