@@ -108,7 +108,7 @@ def test_bad_eval_settings_exit_2_before_any_work(untrained_run):
 
 @pytest.mark.parametrize('field, value, message', [
     ('bpd_dataset', 'validation', 'bpd_dataset'), ('num_samples', 4, 'too few'),
-    ('feature_extractor', 'clip', "eval.feature_extractor='clip' is unknown; known: ['digits_classifier', 'inception']"),
+    ('feature_extractor', 'clip', r"eval.feature_extractor='clip' is unknown; known: \['digits_classifier', 'inception'\]"),
 ])
 def test_bad_eval_settings_are_refused_by_validation(tmp_path, field, value, message):
   from score_sde.runner import validate
