@@ -4,7 +4,6 @@ Each configuration runs in its own process so that its peak resident memory is i
 
   python benchmarks/train_throughput.py
 """
-import argparse
 import json
 import pathlib
 import subprocess
@@ -64,5 +63,4 @@ def main():
 
 
 if __name__ == '__main__':
-  argparse.ArgumentParser(description=__doc__).parse_args()  # --help; the benchmark takes no options
   main()

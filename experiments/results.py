@@ -81,9 +81,9 @@ def fmt(mean, stderr=None):
 
 
 def status_text(row):
-  if row['status'] not in ('failed', 'preempted'):
+  if row['status'] != 'failed':
     return row['status']
-  return f"{row['status']} ({row.get('mode')}, exit {row.get('returncode')}): {row.get('error', '')}"
+  return f"failed ({row.get('mode')}, exit {row.get('returncode')}): {row.get('error', '')}"
 
 
 def write_csv(path, rows, keys, metrics, name_column='trial'):
