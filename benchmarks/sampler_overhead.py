@@ -6,6 +6,7 @@ compiled loop), per step, relative to the score time of a step.
 
   python benchmarks/sampler_overhead.py
 """
+import argparse
 import time
 
 import flax.linen as nn
@@ -102,4 +103,5 @@ def main():
 
 
 if __name__ == '__main__':
+  argparse.ArgumentParser(description=__doc__).parse_args()  # --help; the benchmark takes no options
   main()

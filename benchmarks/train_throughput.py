@@ -4,6 +4,7 @@ Each configuration runs in its own process so that its peak resident memory is i
 
   python benchmarks/train_throughput.py
 """
+import argparse
 import json
 import pathlib
 import subprocess
@@ -63,4 +64,5 @@ def main():
 
 
 if __name__ == '__main__':
+  argparse.ArgumentParser(description=__doc__).parse_args()  # --help; the benchmark takes no options
   main()
