@@ -4,7 +4,10 @@
       [--config.training.batch_size=64 ...]
 
 Exit codes: 0 success; 2 bad config, argument or missing data (one line on stderr, workdir untouched);
-1 a run that failed (e.g. a NaN loss; the last good checkpoint is kept).
+1 a run that failed (e.g. a NaN loss, or a checkpoint or output that cannot be written: one `error:` line naming
+what, where and the errno text; the last good checkpoint is kept); 75 pre-empted: on SIGTERM, or on the signal
+named by SCORE_SDE_PREEMPT_SIGNAL (e.g. USR1 for sbatch --signal=USR1@120), training saves the step it is on,
+eval the round it is on, sample and likelihood write nothing; the same command resumes (runner/preemption.py).
 """
 import os
 import sys
@@ -35,7 +38,9 @@ options:
   -h, --help                   this text
 
 Exit codes: 0 success; 2 bad config, argument or missing data (one line; the workdir is left as it was);
-1 a run that failed after it started (the last good checkpoint is kept)."""
+1 a run that failed after it started (one error: line; the last good checkpoint is kept);
+75 pre-empted (SIGTERM, or the signal named by SCORE_SDE_PREEMPT_SIGNAL, e.g. USR1): saved, resumable by
+running the same command again."""
 
 
 def mode_table():
@@ -50,11 +55,11 @@ def usage():
   return USAGE.format(usage_line=USAGE_LINE, modes=table)
 
 
-def fail(message, code=2):
+def fail(message, code=2, prefix='error: '):
   """One line on stderr, from process 0 only in a run over several processes, and exit at once: background
   threads (orbax's checkpoint I/O) would otherwise print their teardown tracebacks after the line."""
   if not any(arg.startswith('--process_id=') and arg != '--process_id=0' for arg in sys.argv):
-    print(f'error: {message}', file=sys.stderr, flush=True)
+    print(f'{prefix}{message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(code)
 
@@ -131,22 +136,39 @@ def parse(argv):
 
 
 def main(argv):
+  from score_sde.runner import preemption  # light: os and signal; listening starts before the slow imports
+  try:
+    notices = preemption.Preemption.from_environment().install()
+  except ValueError as error:
+    fail(str(error))
   config, FLAGS, path = parse(argv)
+  if notices.requested:
+    fail(f'pre-empted ({notices.received}) before the run started; nothing was written.', preemption.EXIT_CODE, '')
+  if FLAGS.check:
+    notices.uninstall()
   from score_sde import parallel
-  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  try:
+    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except (ValueError, RuntimeError) as error:  # e.g. a cluster environment JAX cannot read, an unreachable coordinator
+    fail(f'jax.distributed could not start: {str(error).splitlines()[0]}', code=1)
   from score_sde.runner import log_file, modes, validate
   try:
+    validate.resolve_num_classes(config)  # model.num_classes=-1: the data's
     validate.validate(config, FLAGS.mode, FLAGS.workdir)
     if FLAGS.check:
       print(modes.check(config, FLAGS.workdir, FLAGS.mode, eval_folder=FLAGS.eval_folder, config_path=path))
       return
     log = log_file.route_library_logs(FLAGS.workdir, FLAGS.verbose)
     with log_file.tracebacks_to(log, FLAGS.verbose):
-      modes.run(config, FLAGS.workdir, FLAGS.mode, eval_folder=FLAGS.eval_folder, config_path=path)
+      modes.run(config, FLAGS.workdir, FLAGS.mode, eval_folder=FLAGS.eval_folder, config_path=path,
+                preemption=notices)
   except validate.ConfigError as error:
     fail(str(error))
   except modes.RunFailed as error:
     fail(str(error), code=1)
+  except preemption.Preempted as stopped:
+    parallel.shutdown()  # every process got here at the same step: leave together, none waits for the others
+    fail(str(stopped), preemption.EXIT_CODE, '')
 
 
 if __name__ == '__main__':

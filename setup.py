@@ -27,6 +27,7 @@ setup(
         'matplotlib>=3.8',
         'scikit-learn>=1.4',
         'absl-py>=2.0',
+        'submitit>=1.5.4,<1.6',  # experiments/sweep.py --launcher local|slurm
     ],
     extras_require={'test': ['pytest>=8']},
 )

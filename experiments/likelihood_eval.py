@@ -2,6 +2,10 @@
 
   python experiments/likelihood_eval.py --workdir runs/quickstart --workdir runs/gmm [--config <file.py> ...]
       [--out runs/likelihood_eval] [--only_collect] [--config.eval.likelihood_rtol=1e-3 ...]
+      [--config.eval.bpd_method=both] [--config.eval.dequantization_samples=4]
+
+The table has, per workdir, the ODE bpd and the bound (eval.bpd_method), each ± standard error, the score
+evaluations and seconds per image of each, and the dequantization used.
 
 Without --config, a run is evaluated under the config it was trained with (<workdir>/config.json, through
 experiments/workdir_config.py). Give --config once for all workdirs, or once per workdir in the same order.
@@ -19,8 +23,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 from experiments import results, sweep
+from experiments.trial import last_line
 
-METRICS = ['bpd', 'num_examples', 'step', 'dataset']
+# likelihood.json: 'bpd' the probability-flow ODE's bits/dim, 'bound' the score_flow bound (each mean ± stderr, when
+# eval.bpd_method computed it), score evaluations and seconds per image of each, the dequantization behind them.
+METRICS = ['bpd', 'bound', 'bpd_nfe', 'bound_nfe', 'bpd_seconds_per_image', 'bound_seconds_per_image',
+           'dequantization', 'num_examples', 'step', 'dataset']
 
 
 def command(workdir, config, overrides):
@@ -38,7 +46,7 @@ def evaluate(workdir, config, overrides, out):
     argv = command(workdir, config, overrides)
     code = subprocess.run(argv, check=False, cwd=REPO, stdout=stdout, stderr=stderr).returncode
   if code != 0:
-    return {'status': 'failed', 'mode': 'likelihood', 'returncode': code, 'error': sweep.last_line(err)}
+    return {'status': 'failed', 'mode': 'likelihood', 'returncode': code, 'error': last_line(err)}
   return {'status': 'ok'}
 
 

@@ -81,9 +81,9 @@ def fmt(mean, stderr=None):
 
 
 def status_text(row):
-  if row['status'] != 'failed':
+  if row['status'] not in ('failed', 'preempted'):
     return row['status']
-  return f"failed ({row.get('mode')}, exit {row.get('returncode')}): {row.get('error', '')}"
+  return f"{row['status']} ({row.get('mode')}, exit {row.get('returncode')}): {row.get('error', '')}"
 
 
 def write_csv(path, rows, keys, metrics, name_column='trial'):

@@ -1,7 +1,8 @@
-"""Runs a grid of run.py trials one after another, then tabulates and plots their results.
+"""Runs a grid of run.py trials, here or on a cluster, then tabulates and plots their results.
 
   python experiments/sweep.py --sweep experiments/sweeps/toy_sdes.py [--out runs/sweeps/toy_sdes]
-      [--print_commands] [--only_collect] [--config.<section>.<field>=<value> ...]
+      [--launcher serial|print|local|slurm] [--launcher_config launchers/<name>.py] [--max_parallel N]
+      [--only_collect] [--config.<section>.<field>=<value> ...]
 
 A sweep file's get_sweep() returns a dict (or ConfigDict) with
   config:    the base config file, relative to the repository root
@@ -15,28 +16,30 @@ A sweep file's get_sweep() returns a dict (or ConfigDict) with
   plot:      optional {'x': grid key, 'y': metric, 'series': grid key, 'logx': bool}
 Override keys are config paths without 'config.', e.g. 'sampling.snr'. Trailing --config.* flags go to every trial.
 
-Each trial keeps status.json and logs/ in <out>/<trial>; the sweep writes <out>/results.csv, results.md and
-plot.png. A trial whose metrics are all there already (from the same overrides) is skipped, so a killed sweep
-resumes; a failed trial is recorded with the last line of its stderr and the sweep goes on.
---print_commands prints one shell line per trial (for a cluster scheduler) and runs nothing; --only_collect
-just rebuilds the table and plot. Exit codes: 0 all trials ok, 1 some trial failed, 2 a bad sweep or argument.
+Each trial has a fixed workdir, <out>/<trial> (or its --eval_folder of the shared workdir), and keeps
+status.json and logs/ in <out>/<trial> (experiments/trial.py); the sweep writes <out>/results.csv, results.md and
+plot.png, whatever the launcher. A trial whose metrics are all there already (from the same overrides) is skipped,
+so a killed sweep resumes; a failed trial is recorded with the last line of its stderr and the sweep goes on.
+The launchers (experiments/launchers.py): serial (the default) runs the trials one after another here; print
+(--print_commands) prints one shell line per trial and runs nothing; local and slurm go through submitit, whose
+pre-emption and time-limit signal a trial passes on to run.py, which saves and is requeued. --only_collect just
+rebuilds the table and plot. Exit codes: 0 all trials ok (or submitted), 1 some trial failed or was pre-empted
+(running the sweep again resumes it), 2 a bad sweep, launcher config or argument.
 """
 import argparse
 import itertools
-import json
 import os
 import pathlib
 import re
-import runpy
 import shlex
 import subprocess
 import sys
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
-from experiments import results
+from experiments import launchers, results, settings_file
+from experiments.trial import Trial, read_status
 from score_sde import config_table
 
 RUN_PY = 'run.py'  # run from the repository root
@@ -53,11 +56,7 @@ def _key(key):
 
 def load_sweep(path):
   """The sweep dict of a sweep file, with defaults filled in and checked."""
-  if not os.path.exists(path):
-    raise SweepError(f'no sweep file {path}')
-  get_sweep = runpy.run_path(str(path)).get('get_sweep')
-  if get_sweep is None:
-    raise SweepError(f'{path} has no get_sweep()')
+  get_sweep = settings_file.function_of(path, 'get_sweep', 'sweep file', SweepError)
   return check_sweep(get_sweep(), name=pathlib.Path(path).stem)
 
 
@@ -190,12 +189,8 @@ def trial_results(sweep, name, out):
   return merged or None
 
 
-def _read_status(sweep, name, out):
-  try:
-    with open(os.path.join(out, name, 'status.json')) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return None
+def _read_status(sweep, name, out):  # pylint: disable=unused-argument
+  return read_status(os.path.join(out, name))
 
 
 def is_complete(sweep, name, params, out, extra=()):
@@ -211,31 +206,11 @@ def is_complete(sweep, name, params, out, extra=()):
   return result is not None and all(results.metric(result, m)[0] is not None for m in sweep['metrics'])
 
 
-def last_line(path):
-  with open(path, errors='replace') as f:
-    lines = [line.strip() for line in f.read().splitlines() if line.strip()]
-  return lines[-1] if lines else ''
-
-
-def run_trial(sweep, name, params, out, extra=()):
-  """Runs the trial's modes in order, stopping at the first failure; writes and returns its status."""
-  logs = os.path.join(out, name, 'logs')
-  os.makedirs(logs, exist_ok=True)
+def make_trial(sweep, name, params, out, extra=()):
+  """The trial's modes in order, stopping at the first failure, as a callable that writes and returns its status."""
   argvs = commands(sweep, name, params, out, extra)
-  status = {'trial': name, 'params': params, 'flags': override_flags(sweep, params, extra),
-            'command': shell_line(argvs), 'status': 'ok', 'seconds': {}}
-  for mode, argv in zip(sweep['modes'], argvs):
-    start = time.time()
-    err = os.path.join(logs, f'{mode}.err')
-    with open(os.path.join(logs, f'{mode}.out'), 'w') as stdout, open(err, 'w') as stderr:
-      code = subprocess.run(argv, check=False, cwd=REPO, stdout=stdout, stderr=stderr).returncode
-    status['seconds'][mode] = round(time.time() - start, 1)
-    if code != 0:
-      status.update(status='failed', mode=mode, returncode=code, error=last_line(err))
-      break
-  with open(os.path.join(out, name, 'status.json'), 'w') as f:
-    json.dump(status, f, indent=2)
-  return status
+  return Trial(name, params, override_flags(sweep, params, extra), os.path.join(out, name), sweep['modes'], argvs,
+               REPO, command=shell_line(argvs))
 
 
 def collect(sweep, trials, out):
@@ -270,7 +245,13 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
   parser.add_argument('--sweep', required=True, help='a sweep file with get_sweep()')
   parser.add_argument('--out', help='results folder (default: runs/sweeps/<sweep name>)')
-  parser.add_argument('--print_commands', action='store_true', help='print one shell line per trial, run nothing')
+  parser.add_argument('--launcher', default='serial',
+                      help=f"how trials run: {' | '.join(launchers.LAUNCHERS.names())} (experiments/launchers.py)")
+  parser.add_argument('--launcher_config', help='launchers/<name>.py: submitit parameters for --launcher local or '
+                      'slurm (fields in launchers/slurm_example.py)')
+  parser.add_argument('--max_parallel', type=int,
+                      help='local: trials running at once (default 1); slurm: array tasks running at once')
+  parser.add_argument('--print_commands', action='store_true', help='the same as --launcher print')
   parser.add_argument('--only_collect', action='store_true', help='only rebuild the table and plot')
   parser.add_argument('--check', action='store_true',
                       help="run.py --check on each trial's first mode (the later ones need its output): what each "
@@ -279,35 +260,80 @@ def main(argv=None):
   try:
     sweep = load_sweep(args.sweep)
     trials = expand(sweep)
-    if sweep['workdir'] and not (args.print_commands or args.only_collect or args.check) and not os.path.isdir(
+    launcher = _launcher(args)
+    config = launchers.load_config(args.launcher_config) if args.launcher_config else {}
+    if sweep['workdir'] and launcher != 'print' and not (args.only_collect or args.check) and not os.path.isdir(
         REPO / sweep['workdir']):
       raise SweepError(f"the shared workdir {sweep['workdir']} does not exist; train it first")
-  except (SweepError, SyntaxError, ImportError, TypeError, AttributeError) as error:
+  except (ValueError, SyntaxError, ImportError, TypeError, AttributeError) as error:  # SweepError, LaunchError too
     print(f'error: {error}', file=sys.stderr)
     return 2
   out = os.path.abspath(args.out or REPO / 'runs' / 'sweeps' / sweep['name'])
+  options = launchers.Options(REPO, out, config, args.max_parallel)
 
-  if args.print_commands:
-    for name, params in trials:
-      print(shell_line(commands(sweep, name, params, out, extra)))
-    return 0
   if args.check:
     return check_trials(sweep, trials, out, extra)
-  if not args.only_collect:
+  if launcher == 'print' or not args.only_collect:
+    todo = []
     for i, (name, params) in enumerate(trials, 1):
       prefix = f'[{i}/{len(trials)}] {name}:'
-      if is_complete(sweep, name, params, out, extra):
+      waiting = _still_queued(options, name) if launcher == 'slurm' else None
+      if launcher != 'print' and is_complete(sweep, name, params, out, extra):
         print(f'{prefix} results exist, skipped', flush=True)
-        continue
-      print(f"{prefix} {' → '.join(sweep['modes'])} ...", flush=True)
-      status = run_trial(sweep, name, params, out, extra)
-      took = sum(status['seconds'].values())
-      print(f"{prefix} {results.status_text(status)} ({took:.0f} s; logs in "
-            f"{display_path(os.path.join(out, name, 'logs'))})", flush=True)
+      elif waiting:
+        print(f'{prefix} {waiting}, left alone', flush=True)
+      else:
+        todo.append((prefix, make_trial(sweep, name, params, out, extra)))
+    try:
+      for event, prefix, detail in launchers.LAUNCHERS.get(launcher)(todo, options):
+        print(detail if event == 'line' else f'{prefix} {_event_text(event, detail, out)}', flush=True)
+    except launchers.LaunchError as error:
+      print(f'error: {error}', file=sys.stderr)
+      return 2
+    if launcher == 'print':
+      return 0
+    if launcher == 'slurm' and todo:
+      print(f'Submitted {len(todo)} trial(s) to SLURM (job folder {display_path(options.jobs_folder)}); run the same '
+            'command again to collect their results.', flush=True)
   rows = collect(sweep, trials, out)
   print(write_outputs(sweep, rows, out))
   print(f"Wrote {display_path(os.path.join(out, 'results.md'))}, results.csv" + (', plot.png' if sweep['plot'] else ''))
-  return 1 if any(row['status'] == 'failed' for row in rows) else 0
+  return 1 if any(row['status'] in ('failed', 'preempted') for row in rows) else 0
+
+
+def _launcher(args):
+  """--launcher, with --print_commands as another name for --launcher print; one line if they disagree."""
+  if args.print_commands and args.launcher not in ('serial', 'print'):
+    raise SweepError(f'--print_commands is --launcher print; it does not go with --launcher {args.launcher}')
+  launcher = 'print' if args.print_commands else args.launcher.lower()
+  launchers.LAUNCHERS.get(launcher)  # an unknown name: one line with the known ones
+  if args.launcher_config and launcher not in ('local', 'slurm'):
+    raise SweepError(f'--launcher_config is for --launcher local or slurm, not {launcher}')
+  if args.max_parallel is not None and args.max_parallel < 1:
+    raise SweepError(f'--max_parallel={args.max_parallel} must be at least 1')
+  return launcher
+
+
+def _still_queued(options, name):
+  """'still RUNNING (SLURM job 123_4)' for a trial submitted earlier whose job has not ended, else None."""
+  status = read_status(os.path.join(options.out, name)) or {}
+  if status.get('status') not in ('submitted', 'running', 'requeued', 'preempted') or not status.get('job_id'):
+    return None
+  try:
+    state = launchers.slurm_job_state(options, status['job_id'])
+  except Exception as error:  # no sacct here: better to leave a trial alone than to run it twice
+    state = f'UNKNOWN ({type(error).__name__})'
+  return f"still {state} (SLURM job {status['job_id']})" if state.split()[0] in launchers.ALIVE else None
+
+
+def _event_text(event, detail, out):
+  if event == 'started':
+    return detail
+  if event == 'submitted':
+    return f"submitted as SLURM job {detail['job_id']}"
+  took = sum(detail['seconds'].values())
+  return (f"{results.status_text(detail)} ({took:.0f} s; logs in "
+          f"{display_path(os.path.join(out, detail['trial'], 'logs'))})")
 
 
 if __name__ == '__main__':

@@ -2,7 +2,8 @@
 
 Each writer fills `<path>.tmp<pid>` beside the target and renames it over the target (`os.replace` is atomic on
 one filesystem). A write that fails (disk full, file too large, permission) removes its temporary file and
-raises the OSError, so the previous file stays as it was. This module imports nothing of the package.
+raises the OSError, named after the target file, so the previous file stays as it was. This module imports
+nothing of the package.
 """
 import contextlib
 import json
@@ -22,9 +23,11 @@ def replacing(path, mode='w'):
       yield f
       f.flush()
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as error:
     with contextlib.suppress(OSError):
       os.remove(tmp)
+    if isinstance(error, OSError) and error.errno and error.filename in (None, tmp):
+      raise OSError(error.errno, error.strerror, path) from error  # name the file the caller asked for
     raise
 
 

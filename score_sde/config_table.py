@@ -78,6 +78,37 @@ def class_ids(v):
   return None if isinstance(v, (str, tuple, list)) else "must be class ids, e.g. '0,1,2' or (0, 1, 2)"
 
 
+def class_count(v):
+  return None if _is_int(v) and v >= -1 else 'must be an integer >= -1 (0 unconditional, -1 the classes of the data)'
+
+
+def parse_interval(text):
+  """'' -> None; 'lo,hi' (or '(lo, hi)') -> (lo, hi) with 0 <= lo < hi; ValueError saying what is wrong."""
+  parts = [p.strip() for p in str(text).strip('()[] ').split(',') if p.strip()]
+  if not parts:
+    return None
+  try:
+    values = [float(p) for p in parts]
+  except ValueError:
+    values = []
+  if len(values) != 2:
+    raise ValueError("must be two noise levels 'sigma_lo,sigma_hi', e.g. '0.3,5' ('' for no interval)")
+  lo, hi = values
+  if not 0 <= lo < hi:
+    raise ValueError(f'needs 0 <= sigma_lo < sigma_hi; {lo:g} and {hi:g} are not')
+  return lo, hi
+
+
+def noise_interval(v):
+  if not isinstance(v, str):
+    return "must be a string 'sigma_lo,sigma_hi', e.g. '0.3,5' ('' for no interval)"
+  try:
+    parse_interval(v)
+  except ValueError as error:
+    return str(error)
+  return None
+
+
 def boolean(v):
   return None if isinstance(v, bool) else 'must be True or False'
 
@@ -135,6 +166,8 @@ FIELDS = {
                            "EDM's, ln σ̃ ~ N(p_mean, p_std²) with weight (σ̃² + σ_d²)/(σ̃ σ_d)², σ̃ = σ/α"),
     'training.p_mean': Field(-1.2, real, 'edm loss: mean of ln σ̃'),
     'training.p_std': Field(1.2, positive, 'edm loss: standard deviation of ln σ̃'),
+    'training.label_dropout': Field(0., unit_interval, 'class-conditional models: probability of training on the '
+                                    'null label instead of the true one (classifier-free guidance needs > 0)'),
 
     # sampling
     'sampling.method': Field('pc', registered('sampling', 'SAMPLERS')),
@@ -162,12 +195,16 @@ FIELDS = {
 
     # controllable generation (--mode sample; score_sde/runner/conditional_sampling.py)
     'sampling.condition': Field('none', registered('runner.conditional_sampling', 'CONDITIONS'),
-                                'inpaint/colorize held-out images (PC sampler), or class-conditional samples'),
+                                'inpaint/colorize held-out images (PC sampler), class-conditional samples with a '
+                                'classifier (class) or from a class-conditional model (cfg: classifier-free guidance)'),
     'sampling.mask': Field('half', mask_kind,
                            'inpaint: unknown right half, centred box, random pixels, or a mask file'),
     'sampling.mask_fraction': Field(0.5, open_unit, 'inpaint: fraction of pixels unknown (box area, random pixels)'),
-    'sampling.labels': Field('', class_ids, "class: ids to sample; '' = every class"),
-    'sampling.guidance_scale': Field(1., nonneg, 'class: weight of grad log p_t(y | x) in the score'),
+    'sampling.labels': Field('', class_ids, "class, cfg: ids to sample; '' = every class"),
+    'sampling.guidance_scale': Field(1., nonneg, 'class: weight of grad log p_t(y | x) in the score; cfg: γ = 1 + w '
+                                     'in s(x,t,∅) + γ (s(x,t,y) - s(x,t,∅)), 1 plain conditional, 0 unconditional'),
+    'sampling.guidance_interval': Field('', noise_interval, "cfg: guide only where sigma_lo < σ/α <= sigma_hi, e.g. "
+                                        "'0.3,5' (the conditional score alone elsewhere); '' guides everywhere"),
     'sampling.classifier': Field('', string, "class: 'noisy_digits', its .npz weights, or an official "
                                  'WideResnet (CIFAR-10) Flax checkpoint'),
     'sampling.num_inputs': Field(8, positive_int, 'inpaint/colorize: held-out images (grid rows)'),
@@ -183,8 +220,10 @@ FIELDS = {
     'eval.enable_bpd': Field(False, boolean),
     'eval.bpd_dataset': Field('test', one_of('test', 'train')),
     'eval.bpd_num_repeats': Field(1, positive_int, 'dequantization draws per image (the official code uses 5)'),
-    'eval.bpd_method': Field('ode', one_of('ode', 'bound', 'both'),
+    'eval.bpd_method': Field('ode', registered('runner.bpd_estimators', 'BPD_METHODS'),
                              'probability-flow ODE bpd, the score_flow bound, or both'),
+    'eval.bpd_condition': Field('label', one_of('label', 'none'),
+                                'class-conditional models: bpd of x given its true label, or of x alone (null label)'),
     'eval.bound_num_t': Field(256, positive_int, 'bound: stratified (t, z) draws per image'),
     'eval.bound_importance_sampling': Field(True, boolean, 'bound: t ~ g²/σ² (else uniform)'),
     'eval.dequantization_samples': Field(1, positive_int, 'ODE bpd: K dequantizations in -log mean_k p(x + u_k)'),
@@ -258,6 +297,8 @@ FIELDS = {
                                    "'score': the network as the official code reads it; 'edm': EDM's denoiser "
                                    'c_skip x̃ + c_out F(c_in x̃, c_noise) (models/preconditioning.py)'),
     'model.sigma_data': Field(0.5, positive, 'edm parametrization and loss: σ_d, the standard deviation of the data'),
+    'model.num_classes': Field(0, class_count, 'class-conditional networks: K classes plus a learned null label; '
+                               '0 unconditional, -1 the number of classes of the data'),
 
     # optim
     'optim.optimizer': Field('Adam', one_of('Adam'), 'Adam; AdamW when weight_decay > 0'),

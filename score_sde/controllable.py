@@ -6,6 +6,9 @@
 * Class-conditional sampling (Appendix I.1): the conditional score is
   ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x), with a noise-conditional classifier p_t(y | x).
   `classifier_guided_score` returns that sum as a score function, so every sampler takes it.
+* Classifier-free guidance (Ho & Salimans 2021) with a class-conditional model s(x, t, y), y = None the null label:
+  `classifier_free_guided_score` returns s(x,t,∅) + γ (s(x,t,y) − s(x,t,∅)), γ = 1 + w, optionally only on an
+  interval of noise levels (Kynkäänniemi et al. 2024). The two guidances compose: a guided score is a score.
 
 Samplers return (x, nfe), like `sampling.get_pc_sampler`, and run its PC loop (`sampling.pc_loop`). All Gaussian
 draws except the prior's come from the `randn_like(rng, x)` argument, in the official order (per step: corrector
@@ -170,3 +173,59 @@ def classifier_guided_score(score_fn, log_prob_fn, labels, scale=1.):
   """
   labels = jnp.asarray(labels, jnp.int32)
   return jax.tree_util.Partial(_guided_score, score_fn, log_prob_fn, labels, jnp.asarray(scale, jnp.float32))
+
+
+# ---------------------------------------------------------------- classifier-free guidance
+
+def _conditional_score(cond_score_fn, labels, x, t):
+  return cond_score_fn(x, t, labels)
+
+
+def conditional_score(cond_score_fn, labels=None):
+  """s(x, t, labels) of a class-conditional score function as a plain score_fn(x, t); labels None is the null
+  label (the model's unconditional score). A pytree: new labels reuse compiled samplers and likelihoods."""
+  labels = None if labels is None else jnp.asarray(labels, jnp.int32)
+  return jax.tree_util.Partial(_conditional_score, cond_score_fn, labels)
+
+
+def _noise_level(sde, t):
+  """σ̃(t) = σ(t)/α(t), the noise level of x_t / α (EDM's σ)."""
+  alpha, sigma = sde.marginal_coeffs(t)
+  return sigma / alpha
+
+
+def _cfg_score(cond_score_fn, labels, scale, interval, sde, x, t):
+  cond = cond_score_fn(x, t, labels)
+  if interval is None:
+    guided = jnp.ones(t.shape, bool)
+  else:
+    noise_level = _noise_level(sde, t)
+    guided = (interval[0] < noise_level) & (noise_level <= interval[1])
+  # The unconditional call only where it changes the result (γ ≠ 1, inside the interval): lax.cond keeps one
+  # compiled sampler for every γ and interval, and samplers call the score with one t for the whole batch.
+  uncond = jax.lax.cond((scale != 1.) & jnp.any(guided), lambda: cond_score_fn(x, t, None), lambda: cond)
+  mix = uncond + scale * (cond - uncond)
+  return jnp.where(guided.reshape(guided.shape + (1,) * (x.ndim - 1)), mix, cond)
+
+
+def classifier_free_guided_score(cond_score_fn, labels, guidance_scale, interval=None, sde=None):
+  """Classifier-free guidance as a score function (x, t) -> array shaped like x:
+
+      s̃(x, t) = s(x, t, ∅) + γ (s(x, t, y) − s(x, t, ∅)) = s(x, t, y) + (γ − 1) ∇ log p_t(y | x)
+
+  cond_score_fn(x, t, labels=None): a class-conditional score, None the null label (∅); labels (batch,) int.
+  γ = guidance_scale = 1 + w (Ho & Salimans write w): 1 is plain conditional sampling, 0 unconditional, > 1
+  sharper classes. interval=(σ_lo, σ_hi) in σ̃ = σ/α (needs `sde`): guidance only where σ_lo < σ̃(t) ≤ σ_hi, the
+  conditional score alone elsewhere (Kynkäänniemi et al. 2024). The guided score is that of q_t ∝
+  p_t(x|y)^γ p_t(x)^(1-γ), which is not the diffusion of one distribution: ODE and SDE samplers draw different ones.
+  A pytree (jax.tree_util.Partial): new labels, γ or interval reuse compiled samplers; whether there is an interval
+  at all is the one thing that recompiles. Each call costs one or two network evaluations (one at γ = 1 and outside
+  the interval).
+  """
+  if interval is not None:
+    if sde is None:
+      raise ValueError('a guidance interval is in noise levels σ/α of an SDE; pass sde= as well.')
+    interval = jnp.asarray(interval, jnp.float32)
+  labels = jnp.asarray(labels, jnp.int32)
+  return jax.tree_util.Partial(_cfg_score, cond_score_fn, labels, jnp.asarray(guidance_scale, jnp.float32),
+                               interval, sde)

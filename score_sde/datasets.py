@@ -2,7 +2,10 @@
 
 `get_dataset(config)` gives a `Dataset`: `train_batches(start_step)` yields this host's part of every
 training batch from global step `start_step` on, and a resumed run sees exactly the batches an
-uninterrupted run would. Images are NHWC float32 in [0, 1]; toy data is (batch, D).
+uninterrupted run would. Images are NHWC float32 in [0, 1]; toy data is (batch, D). Where the data have labels,
+each batch also holds 'label' (batch,) int32, drawn with the images (the labels ride along: the images are drawn
+exactly as without them): tfds's `label` feature, the digit, the image folder's class (its subfolders in sorted
+order), the toy mixture's component.
 
 Sources, picked by `config.data.dataset` (the official names work too):
   digits, toy mixtures                    built in, offline, held in memory
@@ -49,6 +52,8 @@ class Dataset:
   num_levels: int = 256              # grey levels of the stored images (bpd counts bits of these)
   reference_batches: Callable = None  # () -> the training split in a fixed order, unaugmented (FID statistics);
                                       # the held-out split where there is no fixed training set (toy data)
+  num_classes: int = 0               # batches hold 'label' in [0, num_classes) when > 0
+  class_names: tuple = ()            # the name of each class, where the data name them (image folders)
 
   def __post_init__(self):
     if self.reference_batches is None:
@@ -78,13 +83,19 @@ def _as_float(images, levels):
   return images.astype(np.float32) / (levels - 1) if images.dtype == np.uint8 else images.astype(np.float32)
 
 
+def _batch(images, labels=None):
+  return {'image': images} if labels is None else {'image': images, 'label': labels}
+
+
 def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=False, uniform_dequantization=False,
-                  levels=256):
-  """Batches from in-memory arrays (uint8, or floats in [0, 1]).
+                  levels=256, train_labels=None, test_labels=None, num_classes=0):
+  """Batches from in-memory arrays (uint8, or floats in [0, 1]), with their int labels when given.
 
   Epochs are reshuffled by (seed, epoch), flips and dequantization drawn by (seed, step); every host
   builds the same global batch and keeps its own rows, so the data do not depend on the host count.
   """
+  if train_labels is not None:
+    train_labels, test_labels = np.asarray(train_labels, np.int32), np.asarray(test_labels, np.int32)
   n = len(train)
   if batch_size > n:
     raise DatasetError(f'training.batch_size={batch_size} is larger than the training set ({n} examples).')
@@ -96,45 +107,55 @@ def array_dataset(train, test, batch_size, eval_batch_size, seed, random_flip=Fa
     start = step * batch_size
     idx = np.concatenate([_epoch_permutation(seed, e, n) for e in range(start // n, (start + batch_size - 1) // n + 1)])
     offset = start % n
-    images = _as_float(train[idx[offset:offset + batch_size]], levels)
+    rows = idx[offset:offset + batch_size]
+    images = _as_float(train[rows], levels)
     rng = np.random.default_rng([seed, 1, step])
-    return augment(images, rng, random_flip, levels if uniform_dequantization else None)
+    images = augment(images, rng, random_flip, levels if uniform_dequantization else None)
+    return _batch(images, None if train_labels is None else train_labels[rows])
 
   def train_batches(start_step):
-    return ({'image': train_batch(step)[parallel.host_rows(batch_size)]} for step in itertools.count(start_step))
+    host = parallel.host_rows(batch_size)
+    return ({k: v[host] for k, v in train_batch(step).items()} for step in itertools.count(start_step))
 
-  def eval_batches():
-    for start in range(0, len(test) - eval_batch_size + 1, eval_batch_size):
-      yield {'image': _as_float(test[start:start + eval_batch_size], levels)}
+  def in_order(images, labels, whole_batches):
+    """The split in its stored order; the held-out split in whole batches only, the training split to its end."""
+    def batches():
+      for start in range(0, len(images) - (eval_batch_size - 1 if whole_batches else 0), eval_batch_size):
+        rows = slice(start, start + eval_batch_size)
+        yield _batch(_as_float(images[rows], levels), None if labels is None else labels[rows])
+    return batches
 
-  def reference_batches():
-    for start in range(0, len(train), eval_batch_size):
-      yield {'image': _as_float(train[start:start + eval_batch_size], levels)}
-
-  return Dataset(shape=train.shape[1:], train_batches=train_batches, eval_batches=eval_batches, num_levels=levels,
-                 reference_batches=reference_batches)
+  return Dataset(shape=train.shape[1:], train_batches=train_batches, eval_batches=in_order(test, test_labels, True),
+                 num_levels=levels, reference_batches=in_order(train, train_labels, False),
+                 num_classes=num_classes if train_labels is not None else 0)
 
 
 def _toy(config, name):
   mixture = toy.get_toy_distribution(name)
   key = jax.random.PRNGKey(config.seed)
-  test = np.asarray(mixture.sample(jax.random.fold_in(key, 1), config.data.num_test))
+  test, test_labels = map(np.asarray, mixture.sample_with_labels(jax.random.fold_in(key, 1), config.data.num_test))
   batch_size = config.training.batch_size
-  sample = jax.jit(lambda step: mixture.sample(jax.random.fold_in(jax.random.fold_in(key, 2), step), batch_size))
+  sample = jax.jit(lambda step: mixture.sample_with_labels(jax.random.fold_in(jax.random.fold_in(key, 2), step),
+                                                           batch_size))
 
   def train_batches(start_step):
-    return ({'image': np.asarray(sample(step))[parallel.host_rows(batch_size)]} for step in itertools.count(start_step))
+    host = parallel.host_rows(batch_size)
+    for step in itertools.count(start_step):
+      points, labels = map(np.asarray, sample(step))
+      yield _batch(points[host], labels[host])
 
   eval_size = config.eval.batch_size
 
   def eval_batches():
     for start in range(0, len(test) - eval_size + 1, eval_size):
-      yield {'image': test[start:start + eval_size]}
+      yield _batch(test[start:start + eval_size], test_labels[start:start + eval_size])
 
-  return Dataset(shape=(mixture.dim,), train_batches=train_batches, eval_batches=eval_batches, is_image=False)
+  return Dataset(shape=(mixture.dim,), train_batches=train_batches, eval_batches=eval_batches, is_image=False,
+                 num_classes=len(mixture.weights))
 
 
 DIGITS_LEVELS = 17  # scikit-learn's digits hold the grey levels 0..16
+DIGITS_CLASSES = 10
 
 
 def digits_split(num_test=None):
@@ -155,13 +176,14 @@ def digits_split(num_test=None):
 
 def _digits(config):
   """scikit-learn's 8×8 handwritten digits (1,797 images, 17 grey levels), offline."""
-  train, _, test, _ = digits_split(config.data.num_test)
+  train, train_labels, test, test_labels = digits_split(config.data.num_test)
   if config.data.image_size != 8:
     size = config.data.image_size
     resize = lambda x: np.asarray(jax.image.resize(x, (len(x), size, size, 1), 'bilinear'))
     train, test = resize(train), resize(test)
   return array_dataset(train, test, config.training.batch_size, config.eval.batch_size, config.seed,
-                       config.data.random_flip, config.data.uniform_dequantization, levels=DIGITS_LEVELS)
+                       config.data.random_flip, config.data.uniform_dequantization, levels=DIGITS_LEVELS,
+                       train_labels=train_labels, test_labels=test_labels, num_classes=DIGITS_CLASSES)
 
 
 # --- tensorflow-datasets and files on disk --------------------------------------------------------------------
@@ -246,10 +268,13 @@ def _preprocess(name, size):
 
 
 def _tfds_in_memory(config, name):
-  """A small tfds image set, decoded once into host memory (uint8 at its stored size)."""
+  """A small tfds image set, decoded once into host memory (uint8 at its stored size), with its labels."""
   import tensorflow_datasets as tfds
-  arrays = [np.concatenate([b['image'] for b in tfds.as_numpy(_tfds_load(config, name, split).batch(10000))])
+  splits = [list(tfds.as_numpy(_tfds_load(config, name, split).batch(10000)))
             for split in ('train', IN_MEMORY_TFDS[name])]
+  arrays = [np.concatenate([b['image'] for b in batches]) for batches in splits]
+  train_labels, test_labels = [np.concatenate([b['label'] for b in batches]) if 'label' in batches[0] else None
+                               for batches in splits]
   channels, size = config.data.num_channels, config.data.image_size
   if arrays[0].shape[-1] != channels:
     raise DatasetError(f'{name} has {arrays[0].shape[-1]} channel(s); set --config.data.num_channels='
@@ -260,13 +285,16 @@ def _tfds_in_memory(config, name):
                               for i in range(0, len(a), 5000)]) for a in arrays]
   train, test = arrays
   return array_dataset(train, test, config.training.batch_size, config.eval.batch_size, config.seed,
-                       config.data.random_flip, config.data.uniform_dequantization, levels=256)
+                       config.data.random_flip, config.data.uniform_dequantization, levels=256,
+                       train_labels=train_labels, test_labels=test_labels,
+                       num_classes=DATASETS.info(name)['num_classes'])
 
 
-def _stream(config, name, records, decode):
+def _stream(config, name, records, decode, class_names=()):
   """A streamed image set. records(split, for_training) → tf.data of encoded examples (this host's
-  share when for_training); decode(record) → uint8 HWC. Training order: each epoch shuffled with the run's
-  seed; a resume skips to its step before decoding, so it reads the batches an uninterrupted run would."""
+  share when for_training), or of (example, label) pairs when the data have `class_names`; decode(record) →
+  uint8 HWC. Training order: each epoch shuffled with the run's seed; a resume skips to its step before
+  decoding, so it reads the batches an uninterrupted run would."""
   tf = _tf()
   size, seed = config.data.image_size, config.seed
   preprocess = _preprocess(name, size)
@@ -274,9 +302,15 @@ def _stream(config, name, records, decode):
   train_split, eval_split = _splits(config, name)
   dequantize = 256 if config.data.uniform_dequantization else None
 
+  labelled = bool(class_names)
+
   def prepared(ds, batch_size):
-    ds = ds.map(lambda r: preprocess(decode(r)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    prepare = (lambda r, y: (preprocess(decode(r)), y)) if labelled else (lambda r: preprocess(decode(r)))
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  def images_and_labels(element):
+    return element if labelled else (element, None)
 
   def train_batches(start_step):
     source, skip = records(train_split, True), start_step * local_batch
@@ -288,20 +322,22 @@ def _stream(config, name, records, decode):
     else:
       ds = source.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = prepared(ds.skip(skip), local_batch)
-    for step, images in enumerate(ds.as_numpy_iterator(), start_step):
+    for step, element in enumerate(ds.as_numpy_iterator(), start_step):
+      images, labels = images_and_labels(element)
       rng = np.random.default_rng([seed, 1, step, jax.process_index()])
-      yield {'image': augment(images, rng, config.data.random_flip, dequantize)}
+      yield _batch(augment(images, rng, config.data.random_flip, dequantize), labels)
 
   def in_order(split):
-    return lambda: ({'image': images} for images in prepared(records(split, False), config.eval.batch_size)
-                    .as_numpy_iterator())
+    return lambda: (_batch(*images_and_labels(element)) for element in
+                    prepared(records(split, False), config.eval.batch_size).as_numpy_iterator())
 
   try:  # fail now, not at the first training step, when nothing can be read
     next(prepared(records(train_split, False), 1).as_numpy_iterator())
   except (tf.errors.OpError, StopIteration) as error:
     raise DatasetError(f'cannot read {name}: {str(error).splitlines()[0] if str(error) else "no examples"}') from None
   return Dataset(shape=(size, size, config.data.num_channels), train_batches=train_batches,
-                 eval_batches=in_order(eval_split), reference_batches=in_order(train_split))
+                 eval_batches=in_order(eval_split), reference_batches=in_order(train_split),
+                 num_classes=len(class_names), class_names=tuple(class_names))
 
 
 def _splits(config, name):
@@ -354,8 +390,17 @@ def _tfrecords(config, name):
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 
 
+def image_folder_classes(root):
+  """The class names of an image folder: the subfolders of <root>/train, sorted; class k is the k-th name."""
+  train = os.path.join(root, 'train')
+  if not root or not os.path.isdir(train):
+    return []
+  return sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
+
+
 def _image_folder(config):
-  """Your own images: <data.image_folder>/train/<label>/*.png (and test/ or validation/ for held-out data)."""
+  """Your own images: <data.image_folder>/train/<label>/*.png (and test/ or validation/ for held-out data),
+  labelled by their subfolder (image_folder_classes)."""
   tf = _tf()
   root = config.data.image_folder
 
@@ -364,25 +409,35 @@ def _image_folder(config):
   if not root or not files('train'):
     raise DatasetError(f'no images in data.image_folder={root!r}: expected <folder>/train/<label>/*.png; set '
                        '--config.data.image_folder to such a folder.')
+  class_names = image_folder_classes(root)
+  index = {name: k for k, name in enumerate(class_names)}
+  unknown = sorted({os.path.basename(os.path.dirname(f)) for s in _splits(config, 'image_folder') for f in files(s)}
+                   - set(index))
+  if unknown:
+    raise DatasetError(f'data.image_folder={root!r}: the held-out classes {unknown} are not among the training '
+                       f'classes {class_names}; give every class a folder under train/.')
 
   def records(split, for_training):
-    ds = tf.data.Dataset.from_tensor_slices(files(split))
+    paths = files(split)
+    labels = np.asarray([index[os.path.basename(os.path.dirname(f))] for f in paths], np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     return ds.shard(jax.process_count(), jax.process_index()) if for_training else ds
 
   return _stream(config, 'image_folder', records,
                  lambda path: tf.io.decode_image(tf.io.read_file(path), channels=config.data.num_channels,
-                                                 expand_animations=False))
+                                                 expand_animations=False), class_names=class_names)
 
 
 # name -> load(config) -> Dataset. Facts given at registration, read by spec() without loading anything:
-# points=True for vector data (its dimension is the toy distribution's), num_levels of stored images (default 256).
+# points=True for vector data (its dimension is the toy distribution's), num_levels of stored images (default 256),
+# num_classes of labelled data (default 0; an image folder's are its subfolders).
 DATASETS = Registry('data.dataset', case_sensitive=True)
-DATASETS.register('digits', _digits, num_levels=DIGITS_LEVELS)
+DATASETS.register('digits', _digits, num_levels=DIGITS_LEVELS, num_classes=DIGITS_CLASSES)
 DATASETS.register('image_folder', _image_folder)
-for _name in toy.TOY_DISTRIBUTIONS:
-  DATASETS.register(_name, functools.partial(_toy, name=_name), points=True)
+for _name, _mixture in toy.TOY_DISTRIBUTIONS.items():
+  DATASETS.register(_name, functools.partial(_toy, name=_name), points=True, num_classes=len(_mixture.weights))
 for _name in IN_MEMORY_TFDS:
-  DATASETS.register(_name, functools.partial(_tfds_in_memory, name=_name))
+  DATASETS.register(_name, functools.partial(_tfds_in_memory, name=_name), num_classes=10)  # each has 10 labels
 for _name in STREAMED_TFDS:
   DATASETS.register(_name, functools.partial(_tfds_streamed, name=_name))
 for _name in TFRECORDS:
@@ -418,15 +473,19 @@ class Spec:
   shape: tuple          # one example's shape: (H, W, C) for images, (D,) for points
   is_image: bool
   num_levels: int       # grey levels of the stored images (0 for continuous points)
+  num_classes: int = 0  # labels of the data: batches hold 'label' in [0, num_classes); 0 without labels
 
 
 def spec(config):
   name = canonical_name(config)
   info = DATASETS.info(name)
+  num_classes = (len(image_folder_classes(config.data.image_folder)) if name == 'image_folder'
+                 else info.get('num_classes', 0))
   if info.get('points'):
-    return Spec(shape=(toy.get_toy_distribution(name).dim,), is_image=False, num_levels=0)
+    return Spec(shape=(toy.get_toy_distribution(name).dim,), is_image=False, num_levels=0, num_classes=num_classes)
   size = config.data.image_size
-  return Spec(shape=(size, size, config.data.num_channels), is_image=True, num_levels=info.get('num_levels', 256))
+  return Spec(shape=(size, size, config.data.num_channels), is_image=True, num_levels=info.get('num_levels', 256),
+              num_classes=num_classes)
 
 
 def get_dataset(config):

@@ -1,6 +1,7 @@
 """Training objectives (Eq. 7 of Song et al. 2021, and the discrete SMLD/DDPM losses) and the step.
 
-A loss is `loss_fn(rng, params, batch) -> scalar`, with `batch['image']` of shape (batch, ...).
+A loss is `loss_fn(rng, params, batch) -> scalar`, with `batch['image']` of shape (batch, ...), and for a
+class-conditional model (model.num_classes > 0) `batch['label']` (batch,) int32 (`training_labels`).
 """
 import math
 
@@ -22,6 +23,42 @@ def _reduce_per_example(x, reduce_mean):
   return jnp.mean(x, axis=-1) if reduce_mean else 0.5 * jnp.sum(x, axis=-1)
 
 
+# Folded into a loss's key for the label dropout draw, so that the loss's own splits of its key stay as they are.
+LABEL_DROPOUT_KEY = 0x1abe1
+
+
+def training_labels(model, batch, rng, label_dropout=0.):
+  """The labels a class-conditional model trains on, or None for an unconditional model.
+
+  batch['label'], each replaced by the null label K = model.num_classes with probability label_dropout
+  (classifier-free guidance, Ho & Salimans 2021), drawn from fold_in(rng, LABEL_DROPOUT_KEY).
+  """
+  num_classes = mutils.model_field(model, 'num_classes', 0)
+  if not num_classes:
+    return None
+  if 'label' not in batch:
+    raise ValueError(f"a class-conditional model (model.num_classes={num_classes}) trains on batches with 'label'; "
+                     'use data with labels or set model.num_classes=0.')
+  labels = jnp.asarray(batch['label'], jnp.int32)
+  if label_dropout > 0:
+    drop = jax.random.bernoulli(jax.random.fold_in(rng, LABEL_DROPOUT_KEY), label_dropout, labels.shape)
+    labels = jnp.where(drop, num_classes, labels)
+  return labels
+
+
+def loss_batch(model, batch, scaler):
+  """What a loss reads from a data batch: the scaled images, and the labels when the model is class-conditional
+  (an unconditional model's batch is the images alone, as it always was)."""
+  if mutils.model_field(model, 'num_classes', 0):
+    return {'image': scaler(batch['image']), 'label': batch['label']}
+  return {'image': scaler(batch['image'])}
+
+
+def _score(score_fn, x, t, labels, rng):
+  """score_fn at (x, t), given the labels of a class-conditional model (unconditional: score_fn(x, t))."""
+  return score_fn(x, t, rng=rng) if labels is None else score_fn(x, t, labels, rng=rng)
+
+
 def check_importance_weighting(sde, continuous, likelihood_weighting, eps):
   """Z = ∫_eps^T g²/σ² dt for importance-weighted training, or a one-sentence ValueError saying what to change."""
   if not likelihood_weighting:
@@ -34,7 +71,7 @@ def check_importance_weighting(sde, continuous, likelihood_weighting, eps):
 
 
 def get_sde_loss_fn(sde, model, train, reduce_mean=True, continuous=True, likelihood_weighting=False,
-                    eps=1e-5, importance_weighting=False):
+                    eps=1e-5, importance_weighting=False, label_dropout=0.):
   """Denoising score matching over t ~ U(eps, T).
 
   λ(t) = σ(t)² by default: ‖σ s(x̃, t) + z‖²; with likelihood_weighting, λ(t) = g(t)²
@@ -56,7 +93,7 @@ def get_sde_loss_fn(sde, model, train, reduce_mean=True, continuous=True, likeli
     z = jax.random.normal(z_rng, data.shape)
     mean, std = sde.marginal_prob(data, t)
     perturbed = mean + batch_mul(std, z)
-    score = score_fn(perturbed, t, rng=dropout_rng)
+    score = _score(score_fn, perturbed, t, training_labels(model, batch, rng, label_dropout), dropout_rng)
     if importance_weighting:
       losses = _reduce_per_example((batch_mul(std, score) + z) ** 2, reduce_mean) * weight
     elif likelihood_weighting:
@@ -69,11 +106,15 @@ def get_sde_loss_fn(sde, model, train, reduce_mean=True, continuous=True, likeli
   return loss_fn
 
 
-def _apply_model(model, params, x, labels, train, rng):
-  return model.apply({'params': params}, x, labels, train=train, rngs={'dropout': rng} if train else {})
+def _apply_model(model, params, x, labels, train, rng, class_labels=None):
+  """The network at the noise index `labels` (an unconditional network is called as the official code)."""
+  rngs = {'dropout': rng} if train else {}
+  if class_labels is None:
+    return model.apply({'params': params}, x, labels, train=train, rngs=rngs)
+  return model.apply({'params': params}, x, labels, train=train, rngs=rngs, class_labels=class_labels)
 
 
-def get_smld_loss_fn(vesde, model, train, reduce_mean=False):
+def get_smld_loss_fn(vesde, model, train, reduce_mean=False, label_dropout=0.):
   """NCSN objective over the discrete noise levels σ_1 > ... > σ_N, weighted by σ²."""
   sigmas_descending = vesde.discrete_sigmas[::-1]
 
@@ -83,14 +124,15 @@ def get_smld_loss_fn(vesde, model, train, reduce_mean=False):
     labels = jax.random.randint(label_rng, (data.shape[0],), 0, vesde.N)
     sigmas = sigmas_descending[labels]
     noise = batch_mul(sigmas, jax.random.normal(noise_rng, data.shape))
-    score = _apply_model(model, params, data + noise, labels, train, dropout_rng)
+    score = _apply_model(model, params, data + noise, labels, train, dropout_rng,
+                         training_labels(model, batch, rng, label_dropout))
     target = -batch_mul(1. / sigmas ** 2, noise)
     return jnp.mean(_reduce_per_example((score - target) ** 2, reduce_mean) * sigmas ** 2)
 
   return loss_fn
 
 
-def get_ddpm_loss_fn(vpsde, model, train, reduce_mean=True):
+def get_ddpm_loss_fn(vpsde, model, train, reduce_mean=True, label_dropout=0.):
   """DDPM objective: ‖ε_θ(sqrt(ᾱ_i) x + sqrt(1-ᾱ_i) ε, i) - ε‖² over integer steps i."""
   def loss_fn(rng, params, batch):
     data = batch['image']
@@ -99,35 +141,37 @@ def get_ddpm_loss_fn(vpsde, model, train, reduce_mean=True):
     noise = jax.random.normal(noise_rng, data.shape)
     perturbed = (batch_mul(vpsde.sqrt_alphas_cumprod[labels], data)
                  + batch_mul(vpsde.sqrt_1m_alphas_cumprod[labels], noise))
-    predicted = _apply_model(model, params, perturbed, labels, train, dropout_rng)
+    predicted = _apply_model(model, params, perturbed, labels, train, dropout_rng,
+                             training_labels(model, batch, rng, label_dropout))
     return jnp.mean(_reduce_per_example((predicted - noise) ** 2, reduce_mean))
 
   return loss_fn
 
 
 # training.loss -> factory(sde, model, train, reduce_mean, continuous, likelihood_weighting, eps, importance_weighting,
-#                          p_mean, p_std, sigma_data) -> loss_fn; each factory reads the options it has.
+#                          p_mean, p_std, sigma_data, label_dropout) -> loss_fn; each factory reads the options it has.
 LOSSES = Registry('training.loss')
 
 
 def get_loss_fn(sde, model, train, reduce_mean=False, continuous=True, likelihood_weighting=False, eps=1e-5,
-                importance_weighting=False, loss='dsm', p_mean=-1.2, p_std=1.2, sigma_data=None):
-  """loss 'dsm': the continuous SDE loss, or the discrete SMLD (VE) or DDPM (VP) loss; 'edm': EDM's loss."""
+                importance_weighting=False, loss='dsm', p_mean=-1.2, p_std=1.2, sigma_data=None, label_dropout=0.):
+  """loss 'dsm': the continuous SDE loss, or the discrete SMLD (VE) or DDPM (VP) loss; 'edm': EDM's loss.
+  label_dropout: class-conditional models train on the null label with this probability (training_labels)."""
   check_loss_options(loss, continuous, likelihood_weighting, importance_weighting)
   return LOSSES.get(loss)(sde, model, train, reduce_mean=reduce_mean, continuous=continuous,
                           likelihood_weighting=likelihood_weighting, eps=eps, importance_weighting=importance_weighting,
-                          p_mean=p_mean, p_std=p_std, sigma_data=sigma_data)
+                          p_mean=p_mean, p_std=p_std, sigma_data=sigma_data, label_dropout=label_dropout)
 
 
 @LOSSES.register('dsm')
 def get_dsm_loss_fn(sde, model, train, reduce_mean=False, continuous=True, likelihood_weighting=False, eps=1e-5,
-                    importance_weighting=False, **_):
+                    importance_weighting=False, label_dropout=0., **_):
   """The official loss: denoising score matching in continuous time, or the SMLD (VE) / DDPM (VP) chain's."""
   if importance_weighting:
     check_importance_weighting(sde, continuous, likelihood_weighting, eps)
   if continuous:
     return get_sde_loss_fn(sde, model, train, reduce_mean, True, likelihood_weighting, eps,
-                           importance_weighting=importance_weighting)
+                           importance_weighting=importance_weighting, label_dropout=label_dropout)
   if likelihood_weighting:
     raise ValueError('Likelihood weighting is not supported for discrete SMLD/DDPM training; '
                      'set training.continuous=True or training.likelihood_weighting=False.')
@@ -137,7 +181,7 @@ def get_dsm_loss_fn(sde, model, train, reduce_mean=False, continuous=True, likel
                          for _, cls in sde_lib.SDES.items() if cls.discrete_objective)
     raise ValueError(f'Discrete training is defined for {known}, not {type(sde).__name__}; '
                      'set training.continuous=True.')
-  return discrete[sde.discrete_objective](sde, model, train, reduce_mean)
+  return discrete[sde.discrete_objective](sde, model, train, reduce_mean, label_dropout=label_dropout)
 
 
 # ---------------------------------------------------------------- EDM's loss (Karras et al. 2022, eq. 8)
@@ -167,23 +211,25 @@ def sample_edm_time(rng, sde, n, p_mean=-1.2, p_std=1.2, eps=1e-5):
   return t, log_sigma
 
 
-def edm_losses(score_fn, sde, data, t, z, sigma_data=0.5, reduce_mean=True, rng=None):
+def edm_losses(score_fn, sde, data, t, z, sigma_data=0.5, reduce_mean=True, rng=None, labels=None):
   """Per-example λ(σ̃) ‖D(x̃; σ̃) − x_0‖² at x_t = α x_0 + σ z, λ = (σ̃² + σ_d²)/(σ̃ σ_d)².
 
   Evaluated through the score seam as (σ̃² + σ_d²)/σ_d² ‖σ s + z‖²: D = (x + σ² s)/α = x_0 + σ̃ (σ s + z), so
   this is the same number for every parametrization, and x_0 is never subtracted from D ≈ x_0. Reduced over the
-  dimensions like the official losses (mean with reduce_mean, else half the sum).
+  dimensions like the official losses (mean with reduce_mean, else half the sum). labels: of a class-conditional
+  score_fn(x, t, labels).
   """
   alpha, sigma = sde.marginal_coeffs(t)
   sigma_tilde = sigma / alpha
   perturbed = batch_mul(alpha, data) + batch_mul(sigma, z)
-  score = score_fn(perturbed, t, rng=rng)
+  score = _score(score_fn, perturbed, t, labels, rng)
   weight = (sigma_tilde ** 2 + sigma_data ** 2) / sigma_data ** 2  # λ(σ̃) σ̃²
   return _reduce_per_example((batch_mul(sigma, score) + z) ** 2, reduce_mean) * weight
 
 
 @LOSSES.register('edm')
-def get_edm_loss_fn(sde, model, train, reduce_mean=True, p_mean=-1.2, p_std=1.2, sigma_data=None, eps=1e-5, **_):
+def get_edm_loss_fn(sde, model, train, reduce_mean=True, p_mean=-1.2, p_std=1.2, sigma_data=None, eps=1e-5,
+                    label_dropout=0., **_):
   """EDM's loss: ln σ̃ ~ N(p_mean, p_std²) truncated to [σ̃(eps), σ̃(T)], t = t(-ln σ̃), weight λ(σ̃) on D vs x_0.
 
   sigma_data None is the model's model.sigma_data (0.5 for a model without a config).
@@ -198,7 +244,8 @@ def get_edm_loss_fn(sde, model, train, reduce_mean=True, p_mean=-1.2, p_std=1.2,
     t_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
     t, _ = sample_edm_time(t_rng, sde, data.shape[0], p_mean, p_std, eps)
     z = jax.random.normal(z_rng, data.shape)
-    return jnp.mean(edm_losses(score_fn, sde, data, t, z, sigma_data, reduce_mean, rng=dropout_rng))
+    labels = training_labels(model, batch, rng, label_dropout)
+    return jnp.mean(edm_losses(score_fn, sde, data, t, z, sigma_data, reduce_mean, rng=dropout_rng, labels=labels))
 
   return loss_fn
 
@@ -266,7 +313,7 @@ def loss_options(config):
   tc = config.training
   return dict(reduce_mean=tc.reduce_mean, continuous=tc.continuous, likelihood_weighting=tc.likelihood_weighting,
               importance_weighting=tc.importance_weighting, loss=tc.loss, p_mean=tc.p_mean, p_std=tc.p_std,
-              sigma_data=config.model.sigma_data)
+              sigma_data=config.model.sigma_data, label_dropout=tc.label_dropout)
 
 
 def learning_rate_schedule(config):
@@ -304,7 +351,7 @@ def init_train_state(rng, params, optimizer):
 
 def get_step_fn(sde, model, train, optimizer=None, reduce_mean=False, continuous=True,
                 likelihood_weighting=False, ema_rate=0.9999, eps=1e-5, axis_name=None, importance_weighting=False,
-                loss='dsm', p_mean=-1.2, p_std=1.2, sigma_data=None):
+                loss='dsm', p_mean=-1.2, p_std=1.2, sigma_data=None, label_dropout=0.):
   """One step: `step_fn(state, batch) -> (state, metrics)`.
 
   Under `jit` with sharded inputs, the mean over the global batch already averages the
@@ -312,7 +359,7 @@ def get_step_fn(sde, model, train, optimizer=None, reduce_mean=False, continuous
   """
   loss_fn = get_loss_fn(sde, model, train, reduce_mean, continuous, likelihood_weighting, eps,
                         importance_weighting=importance_weighting, loss=loss, p_mean=p_mean, p_std=p_std,
-                        sigma_data=sigma_data)
+                        sigma_data=sigma_data, label_dropout=label_dropout)
 
   def step_fn(state, batch):
     rng, step_rng = jax.random.split(state.rng)

@@ -9,6 +9,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 CLUSTER_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES', 'JAX_COORDINATOR_ADDRESS')
+# What JAX's SLURM detection reads: present together only inside an srun step. Every process started in a job
+# inherits SLURM_JOB_ID and SLURM_NTASKS, so those alone do not make a process one of several.
+SLURM_STEP = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID')
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None):
@@ -21,8 +24,10 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
   heartbeat_timeout_seconds = int(os.environ.get('SCORE_SDE_HEARTBEAT_TIMEOUT', 60))
   shutdown_timeout_seconds = int(os.environ.get('SCORE_SDE_SHUTDOWN_TIMEOUT', 60))
   explicit = coordinator_address is not None
-  detected = any(os.environ.get(name) not in (None, '', '0', '1') for name in CLUSTER_ENV[:3]) or \
-      bool(os.environ.get('JAX_COORDINATOR_ADDRESS'))
+  several = [name for name in CLUSTER_ENV[:3] if os.environ.get(name) not in (None, '', '0', '1')]
+  if several == ['SLURM_NTASKS'] and not all(name in os.environ for name in SLURM_STEP):
+    several = []  # inside an allocation but not started by srun (salloc, the batch script itself): one process
+  detected = bool(several) or bool(os.environ.get('JAX_COORDINATOR_ADDRESS'))
   if not (explicit or detected):
     return False
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -32,6 +37,13 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
   jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
                              shutdown_timeout_seconds=shutdown_timeout_seconds)
   return True
+
+
+def shutdown():
+  """Leaves jax.distributed when it runs (no-op otherwise). Every process calls it at the same point, so that none
+  is left waiting for the others' heartbeats."""
+  if jax.process_count() > 1:
+    jax.distributed.shutdown()
 
 
 def is_main_process():

@@ -27,10 +27,14 @@ class GaussianMixture:
             jnp.asarray(self.stds, jnp.float32))
 
   def sample(self, rng, n):
+    return self.sample_with_labels(rng, n)[0]
+
+  def sample_with_labels(self, rng, n):
+    """(x, k): n draws and the component each came from, its class label (int32)."""
     w, mu, s = self._params()
     component_rng, noise_rng = jax.random.split(rng)
     k = jax.random.choice(component_rng, len(self.weights), (n,), p=w)
-    return mu[k] + s[k][:, None] * jax.random.normal(noise_rng, (n, self.dim))
+    return mu[k] + s[k][:, None] * jax.random.normal(noise_rng, (n, self.dim)), k.astype(jnp.int32)
 
   def _component_log_probs(self, x, scale, noise_std):
     """log w_k + log N(x; a μ_k, (a² s_k² + σ²) I), shape (batch, K)."""
@@ -61,6 +65,20 @@ class GaussianMixture:
       _, mu, _ = self._params()
       component_scores = -(x[:, None, :] - scale[:, None, None] * mu[None]) / var[..., None]
       return jnp.sum(responsibilities[..., None] * component_scores, axis=1)
+    return score_fn
+
+  def conditional_score(self, sde):
+    """The exact class-conditional score as score_fn(x, t, labels=None): ∇ log q_t(x | y) of component y,
+    -(x - a μ_y) / (a² s_y² + σ²); labels None is the null label, the whole mixture's score."""
+    marginal = self.marginal_score(sde)
+
+    def score_fn(x, t, labels=None):
+      if labels is None:
+        return marginal(x, t)
+      scale, noise_std = self._scale_and_std(sde, t)
+      _, mu, s = self._params()
+      var = scale ** 2 * s[labels] ** 2 + noise_std ** 2
+      return -(x - scale[:, None] * mu[labels]) / var[:, None]
     return score_fn
 
   def assign(self, x):

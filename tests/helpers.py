@@ -45,14 +45,66 @@ MIXTURE = toy.get_toy_distribution('gmm')
 N_SAMPLES = 4000
 
 
+def component_log_probs(mixture, sde, x, t):
+  """log w_k + log N(x; a μ_k, (a² s_k² + σ²) I): (batch, K), from the SDE's marginal."""
+  import jax.numpy as jnp
+  a, sigma = sde.marginal_prob(jnp.ones_like(t), t)
+  w, mu, s = (jnp.asarray(v, jnp.float32) for v in (mixture.weights, mixture.means, mixture.stds))
+  var = a[:, None] ** 2 * s ** 2 + sigma[:, None] ** 2
+  sq = jnp.sum((x[:, None, :] - a[:, None, None] * mu) ** 2, axis=-1)
+  return jnp.log(w) - 0.5 * sq / var - 0.5 * mu.shape[1] * jnp.log(2 * jnp.pi * var)
+
+
+def exact_classifier(mixture, sde):
+  """log p_t(y | x) of the labelled mixture: the component posterior under the marginal at t."""
+  import jax
+  return lambda x, t: jax.nn.log_softmax(component_log_probs(mixture, sde, x, t), axis=-1)
+
+
+def component_failures(samples, labels, means, stds, mean_tol=0.1, std_tol=0.08):
+  """Per label k: mean error (in stds), std ratios and one-sample KS against the exact N(means[k], stds[k]²)."""
+  from scipy import stats
+  samples, labels = np.asarray(samples, np.float64), np.asarray(labels)
+  samples = samples.reshape(len(samples), -1)
+  failures, figures = [], {}
+  for k, (mu, s) in enumerate(zip(means, stds)):
+    mu = np.atleast_1d(mu)
+    group = samples[labels == k]
+    ks_bound = 1.95 / np.sqrt(len(group))  # 99.9 % of the KS null distribution
+    mean_err = np.abs(group.mean(0) - mu).max() / s
+    std_ratio = group.std(0) / s
+    ks = max(stats.kstest(group[:, d], stats.norm(mu[d], s).cdf).statistic for d in range(group.shape[1]))
+    figures[k] = (round(float(mean_err), 4), np.round(std_ratio, 4).tolist(), round(float(ks), 4))
+    if not np.isfinite(group).all():
+      failures.append(f'class {k}: non-finite samples')
+    if mean_err > mean_tol:
+      failures.append(f'class {k}: mean off by {mean_err:.3f} stds > {mean_tol}')
+    if np.any(np.abs(std_ratio - 1) > std_tol):
+      failures.append(f'class {k}: std ratio {std_ratio} beyond 1 ± {std_tol}')
+    if ks > ks_bound:
+      failures.append(f'class {k}: KS {ks:.3f} > {ks_bound:.3f}')
+  return failures, figures
+
+
 # --- run.py in a subprocess -----------------------------------------------------------------------------------
 
 TOY = str(REPO / 'configs' / 'toy' / 'gmm.py')
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', TF_ENABLE_ONEDNN_OPTS='0', JAX_PLATFORMS='cpu')
 
 
-def run_cli(workdir, *args, config=TOY, env=None, **kwargs):
+# A toy training of 300 steps: pre-emption snapshots every 10 steps, permanent checkpoints every 100.
+SMALL = ['--config.training.n_iters=300', '--config.training.n_jitted_steps=10', '--config.training.log_freq=10',
+         '--config.training.eval_freq=100', '--config.training.snapshot_freq=100',
+         '--config.training.snapshot_freq_for_preemption=10', '--config.training.snapshot_sampling=False',
+         '--config.training.batch_size=64', '--config.model.nf=32']
+
+
+def run_cli(workdir, *args, config=TOY, env=None, ulimit_kb=None, **kwargs):
+  """run.py in a subprocess; with `ulimit_kb`, through bash with files capped at that size (a write past it fails
+  with EFBIG: Python ignores SIGXFSZ), standing in for a full disk."""
   command = [sys.executable, str(REPO / 'run.py'), f'--config={config}', f'--workdir={workdir}', *args]
+  if ulimit_kb is not None:
+    command = ['bash', '-c', f'ulimit -f {int(ulimit_kb)}; exec "$@"', 'bash', *command]
   return subprocess.Popen(command, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           **kwargs)
 
@@ -60,6 +112,14 @@ def run_cli(workdir, *args, config=TOY, env=None, **kwargs):
 def finish(process, timeout=600):
   out, err = process.communicate(timeout=timeout)
   return process.returncode, out, err
+
+
+def final_params(workdir):
+  """(params leaves, EMA leaves, step) of a run's newest good checkpoint."""
+  import jax
+  from score_sde.runner import checkpoints
+  state = checkpoints.restore(str(workdir))
+  return jax.tree.leaves(state.params), jax.tree.leaves(state.params_ema), int(state.step)
 
 
 # --- the official sde_steps fixture ---------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import PAPER_SDES as SDES, REPO, StoredNoise, assert_rel_close, load_reference
+from helpers import (PAPER_SDES as SDES, REPO, StoredNoise, assert_rel_close, component_failures, exact_classifier,
+                     load_reference)
 from score_sde import controllable, sampling, sde_lib, toy
 
 TOL = 1e-5  # the fixtures' float32 tolerance, relative to max|x|
@@ -145,45 +146,6 @@ def test_report_parity_errors():
 
 MIXTURE = toy.get_toy_distribution('gmm')  # three well-separated 2-D components
 N_PER_CLASS = 1500
-
-
-def component_log_probs(mixture, sde, x, t):
-  """log w_k + log N(x; a μ_k, (a² s_k² + σ²) I): (batch, K), from the SDE's marginal."""
-  a, sigma = sde.marginal_prob(jnp.ones_like(t), t)
-  w, mu, s = (jnp.asarray(v, jnp.float32) for v in (mixture.weights, mixture.means, mixture.stds))
-  var = a[:, None] ** 2 * s ** 2 + sigma[:, None] ** 2
-  sq = jnp.sum((x[:, None, :] - a[:, None, None] * mu) ** 2, axis=-1)
-  return jnp.log(w) - 0.5 * sq / var - 0.5 * mu.shape[1] * jnp.log(2 * jnp.pi * var)
-
-
-def exact_classifier(mixture, sde):
-  """log p_t(y | x) of the labelled mixture: the component posterior under the marginal at t."""
-  return lambda x, t: jax.nn.log_softmax(component_log_probs(mixture, sde, x, t), axis=-1)
-
-
-def component_failures(samples, labels, means, stds, mean_tol=0.1, std_tol=0.08):
-  """Per label k: mean error (in stds), std ratios and one-sample KS against the exact N(means[k], stds[k]²)."""
-  from scipy import stats
-  samples, labels = np.asarray(samples, np.float64), np.asarray(labels)
-  samples = samples.reshape(len(samples), -1)
-  failures, figures = [], {}
-  for k, (mu, s) in enumerate(zip(means, stds)):
-    mu = np.atleast_1d(mu)
-    group = samples[labels == k]
-    ks_bound = 1.95 / np.sqrt(len(group))  # 99.9 % of the KS null distribution
-    mean_err = np.abs(group.mean(0) - mu).max() / s
-    std_ratio = group.std(0) / s
-    ks = max(stats.kstest(group[:, d], stats.norm(mu[d], s).cdf).statistic for d in range(group.shape[1]))
-    figures[k] = (round(float(mean_err), 4), np.round(std_ratio, 4).tolist(), round(float(ks), 4))
-    if not np.isfinite(group).all():
-      failures.append(f'class {k}: non-finite samples')
-    if mean_err > mean_tol:
-      failures.append(f'class {k}: mean off by {mean_err:.3f} stds > {mean_tol}')
-    if np.any(np.abs(std_ratio - 1) > std_tol):
-      failures.append(f'class {k}: std ratio {std_ratio} beyond 1 ± {std_tol}')
-    if ks > ks_bound:
-      failures.append(f'class {k}: KS {ks:.3f} > {ks_bound:.3f}')
-  return failures, figures
 
 
 @pytest.fixture(scope='module')

@@ -113,6 +113,21 @@ def sample_metrics(features, logits, reference, num_splits=10, num_bootstrap=10,
   return result
 
 
+def paired_fid_difference(features_a, features_b, reference, num_bootstrap=200, seed=0):
+  """FID(a) − FID(b) to the same (n, d) reference, with a paired bootstrap stderr: row i of a and of b are one
+  pair (e.g. two models' samples from the same latent), and every resample draws the same rows from both, so
+  what the pairs share cancels from the stderr."""
+  features_a, features_b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+  if features_a.shape != features_b.shape:
+    raise ValueError(f'paired features must have one shape, not {features_a.shape} and {features_b.shape}')
+  to_reference = frechet_distance_to(*gaussian(reference))
+  difference = lambda rows: to_reference(*gaussian(features_a[rows])) - to_reference(*gaussian(features_b[rows]))
+  rng = np.random.default_rng(seed)
+  n = len(features_a)
+  boot = [difference(rng.integers(0, n, n)) for _ in range(num_bootstrap)]
+  return {'mean': difference(np.arange(n)), 'stderr': float(np.std(boot, ddof=1))}
+
+
 def in_batches(apply, images, batch_size):
   """apply(batch) -> tuple of per-example arrays, run over `images` in fixed-size batches (the last padded with
   zeros, so each image shape compiles once); returns the tuple of concatenated numpy arrays."""

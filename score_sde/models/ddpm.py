@@ -79,9 +79,12 @@ class ResnetBlockDDPM(nn.Module):
 class DDPM(nn.Module):
   config: ml_collections.ConfigDict
   check_config = staticmethod(check_unet_config)
+  takes_class_labels = True  # model.num_classes > 0: class_labels=
 
   @nn.compact
-  def __call__(self, x, labels, train=False):
+  def __call__(self, x, labels, train=False, class_labels=None):
+    """labels: the official time input (the noise index); class_labels: model.num_classes > 0 adds their
+    embedding (layers.class_embedding; None = the null label) to the time embedding."""
     m = self.config.model
     if m.normalization != 'GroupNorm':
       raise ValueError(f'DDPM supports normalization GroupNorm only, not {m.normalization!r}.')
@@ -89,8 +92,11 @@ class DDPM(nn.Module):
     nf, ch_mult, num_res = m.nf, tuple(m.ch_mult), m.num_res_blocks
     num_levels = len(ch_mult)
 
-    if m.conditional:
-      temb = layers.get_timestep_embedding(labels, nf)
+    class_emb = layers.class_embedding(self.config, class_labels, x.shape[0], nf)
+    if m.conditional or class_emb is not None:  # without noise conditioning, the class alone is embedded
+      temb = layers.get_timestep_embedding(labels, nf) if m.conditional else 0.
+      if class_emb is not None:
+        temb = temb + class_emb
       temb = nn.Dense(nf * 4, kernel_init=default_init())(temb)
       temb = nn.Dense(nf * 4, kernel_init=default_init())(act(temb))
     else:

@@ -31,6 +31,27 @@ class GaussianFourierProjection(nn.Module):
     return jnp.concatenate([jnp.sin(x_proj), jnp.cos(x_proj)], axis=-1)
 
 
+def class_embedding(config, class_labels, batch_size, features):
+  """Each example's learned class embedding (batch, features), or None for an unconditional network.
+
+  model.num_classes = K > 0: a table of K + 1 rows (k-diffusion's and DiT's; EDM's Linear with bias on one-hot
+  labels is the same thing), row K the null label, which class_labels=None selects for the whole batch and
+  training.label_dropout trains. Call it inside a compact module: the table is its submodule 'class_embed', a
+  name of its own, so that every other layer keeps its automatic name and an unconditional network its tree.
+  """
+  num_classes = config.model.num_classes
+  if num_classes == 0:
+    if class_labels is not None:
+      raise ValueError('class_labels given to an unconditional network (model.num_classes=0).')
+    return None
+  if num_classes < 0:
+    raise ValueError('model.num_classes=-1 (the classes of the data) is resolved by run.py; set the number of '
+                     'classes when you build a network yourself.')
+  if class_labels is None:
+    class_labels = jnp.full((batch_size,), num_classes, jnp.int32)
+  return nn.Embed(num_classes + 1, features, name='class_embed')(jnp.asarray(class_labels, jnp.int32))
+
+
 NONLINEARITIES = {
     'elu': nn.elu,
     'relu': nn.relu,

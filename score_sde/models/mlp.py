@@ -12,14 +12,16 @@ class MLP(nn.Module):
   """x (batch, D) and the official time input → a (batch, D) output.
 
   The time input is embedded as in NCSN++: Gaussian Fourier features of log σ
-  ('fourier', for VE) or the DDPM sinusoidal embedding ('positional').
+  ('fourier', for VE) or the DDPM sinusoidal embedding ('positional'). With model.num_classes > 0 the
+  class embedding (layers.class_embedding; class_labels None = the null label) is added to it.
   """
   config: ml_collections.ConfigDict
 
   takes_images = False  # vector data (batch, D): the toy datasets
+  takes_class_labels = True  # model.num_classes > 0: class_labels=
 
   @nn.compact
-  def __call__(self, x, time_cond, train=False):
+  def __call__(self, x, time_cond, train=False, class_labels=None):
     m = self.config.model
     act = layers.get_act(self.config)
     if m.embedding_type == 'fourier':
@@ -28,6 +30,9 @@ class MLP(nn.Module):
       temb = layers.get_timestep_embedding(time_cond, m.nf)
     else:
       raise ValueError(f'Unknown embedding_type {m.embedding_type!r}; known: fourier, positional.')
+    class_emb = layers.class_embedding(self.config, class_labels, x.shape[0], temb.shape[-1])
+    if class_emb is not None:
+      temb = temb + class_emb
     temb = nn.Dense(m.nf * 2)(act(nn.Dense(m.nf * 2)(temb)))
     h = nn.Dense(m.nf * 2)(x)
     for _ in range(m.num_layers):

@@ -32,12 +32,17 @@ def _option(m, name):
 
 @register_model(name='ncsnpp')
 class NCSNpp(nn.Module):
-  """x (B, H, W, C) and the time input -> output of the same shape."""
+  """x (B, H, W, C) and the time input -> output of the same shape.
+
+  With model.num_classes > 0, the embedding of class_labels (layers.class_embedding; None = the null label) is
+  added to the noise embedding before its two-layer MLP, where EDM's SongUNet adds its label embedding.
+  """
   config: ml_collections.ConfigDict
   check_config = staticmethod(check_unet_config)
+  takes_class_labels = True  # model.num_classes > 0: class_labels=
 
   @nn.compact
-  def __call__(self, x, time_cond, train=False):
+  def __call__(self, x, time_cond, train=False, class_labels=None):
     m = self.config.model
     act = layers.get_act(self.config)
     nf, ch_mult, num_res = m.nf, tuple(m.ch_mult), m.num_res_blocks
@@ -55,7 +60,10 @@ class NCSNpp(nn.Module):
     else:
       used_sigmas = jnp.asarray(layers.get_sigmas(self.config), jnp.float32)[time_cond.astype(jnp.int32)]
       temb = layers.get_timestep_embedding(time_cond, nf)
-    if m.conditional:
+    class_emb = layers.class_embedding(self.config, class_labels, x.shape[0], temb.shape[-1])
+    if class_emb is not None:  # without noise conditioning, the class alone is embedded
+      temb = temb + class_emb if m.conditional else class_emb
+    if m.conditional or class_emb is not None:
       temb = nn.Dense(nf * 4, kernel_init=default_init())(temb)
       temb = nn.Dense(nf * 4, kernel_init=default_init())(act(temb))
     else:

@@ -199,14 +199,17 @@ class _RefineNet(nn.Module):
 
   STAGES: (name, width multiplier, dilation); every stage but the first starts with a
   'down' block. REFINES: (name, width multiplier), deepest first, one per stage.
+  With model.num_classes > 0, the class embedding (layers.class_embedding; class_labels None = the null label)
+  enters as a conditioning input: a per-channel bias added to the first convolution's output.
   """
   config: ml_collections.ConfigDict
   STAGES = ()
   REFINES = ()
   CONDITIONAL = False
+  takes_class_labels = True  # model.num_classes > 0: class_labels=
 
   @nn.compact
-  def __call__(self, x, labels, train=False):
+  def __call__(self, x, labels, train=False, class_labels=None):
     m = self.config.model
     nf, act = m.nf, layers.get_act(self.config)
     norm = get_normalization(self.config, conditional=self.CONDITIONAL)
@@ -215,6 +218,9 @@ class _RefineNet(nn.Module):
 
     h = x if self.config.data.centered else 2 * x - 1.
     h = ncsn_conv(h, nf, name='begin_conv')
+    class_emb = layers.class_embedding(self.config, class_labels, x.shape[0], nf)
+    if class_emb is not None:
+      h = h + class_emb[:, None, None, :]
     skips = []
     for k, (name, mult, dilation) in enumerate(self.STAGES):
       h = ResidualBlock(mult * nf, norm, act, None if k == 0 else 'down', dilation, name=f'{name}_0')(h, y)

@@ -50,7 +50,11 @@ def output_to_score(sde, output, t, time_cond, continuous):
 
 @flax.struct.dataclass
 class ScoreFn:
-  """s_θ(x, t) for given variables: a pytree, so new parameters reuse compiled code."""
+  """s_θ(x, t) for given variables: a pytree, so new parameters reuse compiled code.
+
+  A class-conditional network (num_classes > 0) gives s_θ(x, t, labels): labels (batch,) int32 in
+  [0, num_classes), None = the null label (the unconditional score of classifier-free guidance).
+  """
   variables: dict
   sde: object = flax.struct.field(pytree_node=False)
   model: object = flax.struct.field(pytree_node=False)
@@ -61,32 +65,40 @@ class ScoreFn:
   parametrization: str = flax.struct.field(pytree_node=False, default='score')
   sigma_data: float = flax.struct.field(pytree_node=False, default=0.5)
   noise_input: str = flax.struct.field(pytree_node=False, default='value')
+  num_classes: int = flax.struct.field(pytree_node=False, default=0)  # model.num_classes; 0 = unconditional
 
-  def __call__(self, x, t, rng=None):
+  def __call__(self, x, t, labels=None, *, rng=None):
     if self.parametrization != 'score':
-      return self._preconditioned(x, t, rng)[0]
+      return self._preconditioned(x, t, rng, labels)[0]
     time_cond = time_condition(self.sde, t, self.continuous)
-    rngs = {'dropout': rng} if (self.train and rng is not None) else {}
-    output = self.model.apply(self.variables, x, time_cond, train=self.train, rngs=rngs)
+    output = self._apply(x, time_cond, rng, labels)
     return output_to_score(self.sde, output, t, time_cond, self.continuous)
 
-  def denoise(self, x, t, rng=None):
+  def denoise(self, x, t, labels=None, *, rng=None):
     """x̂_0 = E[x_0 | x_t]: D(x̃; σ̃) itself when preconditioned, else (x + σ² s)/α (Tweedie)."""
     if self.parametrization != 'score':
-      return self._preconditioned(x, t, rng)[1]
+      return self._preconditioned(x, t, rng, labels)[1]
     alpha, sigma = self.sde.marginal_coeffs(t)
-    score = self(x, t, rng=rng)
+    score = self(x, t, labels, rng=rng)
     return _bmul(1. / alpha, x + _bmul(sigma ** 2, score))
 
-  def _preconditioned(self, x, t, rng):
+  def _apply(self, x, noise, rng, labels):
+    """The network at (x, its noise input); an unconditional network is called exactly as the official code."""
+    rngs = {'dropout': rng} if (self.train and rng is not None) else {}
+    if not self.num_classes:
+      if labels is not None:
+        raise ValueError('labels given to the score of an unconditional model (model.num_classes=0).')
+      return self.model.apply(self.variables, x, noise, train=self.train, rngs=rngs)
+    return self.model.apply(self.variables, x, noise, train=self.train, rngs=rngs, class_labels=labels)
+
+  def _preconditioned(self, x, t, rng, labels=None):
     """(s, D) of D(x̃; σ̃) = c_skip x̃ + c_out F(c_in x̃, c_noise), with x̃ = x/α and σ̃ = σ/α."""
     alpha, sigma = self.sde.marginal_coeffs(t)
     sigma_tilde = sigma / alpha
     coeffs = preconditioning.coefficients(self.parametrization, sigma_tilde, self.sde, self.sigma_data)
     x_tilde = _bmul(1. / alpha, x)
     noise = preconditioning.network_noise_input(self.parametrization, coeffs, sigma_tilde, self.noise_input)
-    rngs = {'dropout': rng} if (self.train and rng is not None) else {}
-    output = self.model.apply(self.variables, _bmul(coeffs.c_in, x_tilde), noise, train=self.train, rngs=rngs)
+    output = self._apply(_bmul(coeffs.c_in, x_tilde), noise, rng, labels)
     return (preconditioning.score(coeffs, x_tilde, output, alpha, sigma_tilde),
             preconditioning.denoiser(coeffs, x_tilde, output))
 
@@ -101,7 +113,8 @@ def model_field(model, name, default):
 
 
 def get_score_fn(sde, model, variables, train=False, continuous=False, parametrization=None, sigma_data=None):
-  """score_fn(x, t, rng=None) with the official label and scaling conventions.
+  """score_fn(x, t, *, rng=None) with the official label and scaling conventions; for a class-conditional model
+  (model.num_classes > 0) score_fn(x, t, labels=None, *, rng=None), labels None = the null label.
 
   parametrization: 'score' (the official network output) | 'edm' | 'vp' | 've' (EDM's Table 1 wrappers,
   models/preconditioning.py); None reads model.config.model.parametrization ('score' when the model has no
@@ -113,9 +126,12 @@ def get_score_fn(sde, model, variables, train=False, continuous=False, parametri
   if sigma_data is None:
     sigma_data = model_field(model, 'sigma_data', 0.5)
   preconditioning.check_parametrization(parametrization, sigma_data)
+  num_classes = int(model_field(model, 'num_classes', 0))
   if parametrization == 'score':
-    return ScoreFn(variables=variables, sde=sde, model=model, train=train, continuous=continuous)
+    return ScoreFn(variables=variables, sde=sde, model=model, train=train, continuous=continuous,
+                   num_classes=num_classes)
   config = getattr(model, 'config', None)
   noise_input = preconditioning.noise_input_kind(config) if parametrization == 'edm' and config is not None else 'value'
   return ScoreFn(variables=variables, sde=sde, model=model, train=train, continuous=continuous,
-                 parametrization=parametrization, sigma_data=float(sigma_data), noise_input=noise_input)
+                 parametrization=parametrization, sigma_data=float(sigma_data), noise_input=noise_input,
+                 num_classes=num_classes)

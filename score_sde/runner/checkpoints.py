@@ -3,9 +3,16 @@
 <workdir>/checkpoints-meta/<step>   the latest pre-emption snapshot
 <workdir>/checkpoints/<step>        every training.snapshot_freq steps
 <workdir>/config.json               the run's config, so `restore(workdir)` needs nothing else
+
+orbax writes a step into <step>.orbax-checkpoint-tmp... and renames it to <step> once every file is written, so a
+save that fails (disk full, file too large) or is killed leaves no step behind, only that temporary folder; the
+next training removes it (remove_unfinished_saves). A save that fails raises WriteFailed naming the step, the
+folder and the errno text.
 """
 import json
 import os
+import re
+import shutil
 
 from absl import logging
 import jax
@@ -13,11 +20,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from score_sde import atomic_files, config_table, parallel
-from score_sde.runner import run_state
+from score_sde.runner import run_state, write_errors
 
 PREEMPTION_DIR = 'checkpoints-meta'
 PERMANENT_DIR = 'checkpoints'
 CONFIG_FILE = 'config.json'
+_UNFINISHED_SAVE = re.compile(r'^\d+\.orbax-checkpoint-tmp')
 
 
 def _manager(workdir, subdir, max_to_keep):
@@ -35,6 +43,7 @@ class RunCheckpoints:
 
   def __init__(self, workdir):
     self.workdir = workdir
+    self.failed = False
     self.preemption = _manager(workdir, PREEMPTION_DIR, 1)
     self.permanent = _manager(workdir, PERMANENT_DIR, None)
 
@@ -43,8 +52,27 @@ class RunCheckpoints:
     managers = [self.preemption] + ([self.permanent] if permanent else [])
     for manager in managers:  # one after the other: across processes, orbax's barriers are named by the step
       if step not in manager.all_steps():
-        manager.save(step, args=ocp.args.StandardSave(state))
-        manager.wait_until_finished()
+        try:
+          manager.save(step, args=ocp.args.StandardSave(state))
+          manager.wait_until_finished()
+        except Exception as error:  # orbax and tensorstore raise many kinds; the errno inside says why
+          self.failed = True
+          kept = [s for s, _ in saved_steps(self.workdir)]
+          raise write_errors.WriteFailed(
+              f'cannot write the checkpoint of step {step} to {manager.directory}: {write_errors.reason(error)}; '
+              + (f'the last good checkpoint (step {kept[0]}) is kept' if kept else 'no checkpoint was saved before')
+              + '; once the folder can be written, the same command resumes from there.') from error
+    return step
+
+  def save_to_resume(self, state):
+    """Saves `state` for a restart (unless its step is saved already), waits until orbax has finalized it and
+    checks on disk that it is the newest step; returns its folder."""
+    step = self.save(state)
+    newest = saved_steps(self.workdir)
+    if not newest or newest[0][0] != step:
+      raise write_errors.WriteFailed(f'the checkpoint of step {step} is not the newest step in {self.workdir} after '
+                                     f'its save (found {[s for s, _ in newest[:3]]}).')
+    return newest[0][1]
 
   def candidates(self):
     """(step, manager) of every saved step, newest first."""
@@ -71,8 +99,12 @@ class RunCheckpoints:
     return None
 
   def close(self):
-    self.preemption.close()
-    self.permanent.close()
+    try:
+      self.preemption.close()
+      self.permanent.close()
+    except Exception:  # after a failed save orbax may raise its error again; the first report is the one to keep
+      if not self.failed:
+        raise
 
 
 def _shapes(tree):
@@ -82,7 +114,8 @@ def _shapes(tree):
 def _shapes_in(folder):
   """The array shapes a saved step's folder holds, from its metadata alone; None if that cannot be read."""
   try:
-    metadata = ocp.StandardCheckpointer().metadata(os.path.join(folder, 'default'))
+    # orbax reads no metadata from a relative path (it returns an empty tree), so every step would look unfit
+    metadata = ocp.StandardCheckpointer().metadata(os.path.abspath(os.path.join(folder, 'default')))
     return _shapes(getattr(metadata, 'item_metadata', metadata))
   except Exception:  # a damaged checkpoint: a restore decides
     return None
@@ -101,6 +134,20 @@ def saved_steps(workdir):
     if os.path.isdir(folder):
       found += [(int(d), os.path.join(folder, d)) for d in os.listdir(folder) if d.isdigit()]
   return sorted(found, key=lambda item: -item[0])
+
+
+def remove_unfinished_saves(workdir):
+  """Deletes the temporary folders of saves that never finished (<step>.orbax-checkpoint-tmp...: a failed or
+  killed save; orbax never counts them as steps) and returns their paths. Call it only while holding the training
+  lock: a live training's save in progress looks the same."""
+  removed = []
+  for sub in (PREEMPTION_DIR, PERMANENT_DIR):
+    folder = os.path.join(workdir, sub)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+      if _UNFINISHED_SAVE.match(name):
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        removed.append(os.path.join(folder, name))
+  return removed
 
 
 def newest_fitting_step(workdir, target):

@@ -7,6 +7,9 @@ Inpainting and colorization complete `sampling.num_inputs` held-out images `samp
 (PC sampler with sampling.predictor/corrector/snr/n_steps_each). Each grid row shows the original, the mask
 (white = known), the input the sampler sees, then the completions. Class-conditional sampling guides the
 sampler of `sampling.method` with the noise-conditional classifier `sampling.classifier`; each row is one label.
+'cfg' samples a class-conditional model (model.num_classes > 0) with classifier-free guidance
+(`BalancedGuidance`: eval.num_samples split evenly over sampling.labels, sampling.guidance_scale and
+guidance_interval); --mode eval samples such a model the same way.
 """
 import json
 import os
@@ -15,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import atomic_files, controllable, datasets, models, parallel, sampling, sde_lib
+from score_sde import (atomic_files, config_table, controllable, datasets, models, parallel, sampling, sde_lib,
+                       toy)
 from score_sde.registry import Registry
 from score_sde.runner import images, outputs
 
@@ -64,7 +68,7 @@ def _mask_file(path, shape):
   return fits[mask.shape](mask)
 
 
-def parse_labels(labels, num_classes):
+def parse_labels(labels, num_classes, whose="the classifier's"):
   """'' → every class; '0,1,2', (0, 1, 2) or 3 → those ids, each checked against num_classes."""
   if isinstance(labels, str):
     parts = [p.strip() for p in labels.replace('(', '').replace(')', '').split(',') if p.strip()]
@@ -76,7 +80,7 @@ def parse_labels(labels, num_classes):
   ids = ids or list(range(num_classes))
   bad = [i for i in ids if not 0 <= i < num_classes]
   if bad:
-    raise ValueError(f'sampling.labels has {bad}, outside the classifier\'s classes 0..{num_classes - 1}.')
+    raise ValueError(f'sampling.labels has {bad}, outside {whose} classes 0..{num_classes - 1}.')
   return ids
 
 
@@ -112,6 +116,16 @@ def check(config):
   s = config.sampling
   if s.condition == 'none':
     return
+  if s.condition != 'class' and s.classifier:
+    raise ValueError(f'sampling.classifier is set but sampling.condition={s.condition!r}; guidance needs '
+                     "sampling.condition='class'.")
+  if s.condition == 'cfg':
+    if not config.model.num_classes:
+      raise ValueError("sampling.condition='cfg' needs a class-conditional model, but model.num_classes=0; train "
+                       'one with model.num_classes=-1 and training.label_dropout=0.1 (configs/quickstart_cond.py), '
+                       "or guide with a classifier: sampling.condition='class'.")
+    check_guidance(config)
+    return
   spec = datasets.spec(config)
   if not spec.is_image:
     raise ValueError(f'sampling.condition={s.condition!r} needs image data; {config.data.dataset!r} is not.')
@@ -135,9 +149,20 @@ def check(config):
       raise ValueError(f'sampling.classifier={s.classifier!r} takes {classifier_shape} images; the data are '
                        f'{tuple(shape)}.')
     parse_labels(s.labels, num_classes)
-  if s.condition != 'class' and s.classifier:
-    raise ValueError(f'sampling.classifier is set but sampling.condition={s.condition!r}; guidance needs '
-                     "sampling.condition='class'.")
+
+
+def model_num_classes(config):
+  """The classes of a class-conditional model: model.num_classes, or the data's for -1."""
+  num_classes = config.model.num_classes
+  return datasets.spec(config).num_classes if num_classes == -1 else num_classes
+
+
+def check_guidance(config):
+  """ValueError (one line) unless the cfg fields fit the class-conditional model of `config`."""
+  labels = parse_labels(config.sampling.labels, model_num_classes(config), "the model's")
+  if config.eval.num_samples < len(labels):
+    raise ValueError(f'eval.num_samples={config.eval.num_samples} is fewer than the {len(labels)} labels of '
+                     f'sampling.labels; raise it to at least {len(labels)} (the samples are split over the labels).')
 
 
 # ---------------------------------------------------------------- running
@@ -238,6 +263,91 @@ def class_conditional(config, sde, score_fn, rng):
   return rows, dict(samples=samples, labels=ys), metrics
 
 
+# ---------------------------------------------------------------- classifier-free guidance (class-conditional models)
+
+GRID_COLUMNS = 16  # samples shown per label in the picture
+
+
+class BalancedGuidance:
+  """Class-balanced guided sampling of a class-conditional score_fn(x, t, labels), in rounds of `batch_size`.
+
+  eval.num_samples labels split evenly over sampling.labels ('' every class; the first ones get one more when it
+  does not divide), in label order; round r samples labels[r B:(r+1) B] (the last round filled up cyclically),
+  with classifier-free guidance of scale sampling.guidance_scale on sampling.guidance_interval.
+  """
+
+  def __init__(self, config, sde, score_fn, batch_size):
+    s = config.sampling
+    self.sde, self.score_fn, self.batch_size = sde, score_fn, batch_size
+    self.scale, self.interval = s.guidance_scale, config_table.parse_interval(s.guidance_interval)
+    self.classes = parse_labels(s.labels, model_num_classes(config), "the model's")
+    per_label, extra = divmod(config.eval.num_samples, len(self.classes))
+    self.labels = np.repeat(self.classes, [per_label + (k < extra) for k in range(len(self.classes))]).astype(np.int32)
+    self.num_rounds = -(-len(self.labels) // batch_size)
+    self.judge = class_judge(config)
+
+  def round_labels(self, r):
+    return np.resize(self.labels, self.num_rounds * self.batch_size)[r * self.batch_size:(r + 1) * self.batch_size]
+
+  def score(self, r):
+    """Round r's guided score_fn(x, t): a pytree, so every round reuses the compiled sampler."""
+    return controllable.classifier_free_guided_score(self.score_fn, self.round_labels(r), self.scale, self.interval,
+                                                     self.sde)
+
+  def settings(self):
+    return {'guidance_scale': float(self.scale), 'guidance_interval': list(self.interval or ()),
+            'labels': [int(k) for k in self.classes]}
+
+  def class_accuracy(self, samples, labels):
+    """Accuracy of an independent judge (class_judge) on the samples, overall (± binomial stderr) and per label;
+    {} where the data have no judge."""
+    if self.judge is None:
+      return {}
+    predicted = self.judge(samples)
+    if predicted is None:
+      return {}
+    correct = predicted == labels
+    mean = float(np.mean(correct))
+    return {'class_accuracy': {'mean': mean, 'stderr': float(np.sqrt(mean * (1. - mean) / len(correct)))},
+            'class_accuracy_per_class': {str(k): float(np.mean(correct[labels == k])) for k in self.classes}}
+
+
+def class_judge(config):
+  """predict(samples in data space, [0, 1] for images) -> the class of each sample by a classifier that is not the
+  model: the clean digits classifier for the 8×8 digits, the exact posterior of a toy mixture; None otherwise."""
+  spec = datasets.spec(config)
+  name = datasets.canonical_name(config)
+  if not spec.is_image:
+    return toy.get_toy_distribution(name).assign
+  if name == 'digits' and tuple(spec.shape) == (8, 8, 1):
+    return _digits_predictions
+  return None
+
+
+@CONDITIONS.register('cfg')
+def classifier_free(config, sde, score_fn, rng):
+  """eval.num_samples samples of a class-conditional model, split evenly over sampling.labels, with classifier-free
+  guidance; one grid row (or scatter colour) per label."""
+  batch = min(config.eval.batch_size, config.eval.num_samples)
+  guidance = BalancedGuidance(config, sde, score_fn, batch)
+  spec = datasets.spec(config)
+  sampler = sampling.get_sampling_fn(config, sde, (batch,) + tuple(spec.shape),
+                                     datasets.get_data_inverse_scaler(config), sharding=parallel.batch_sharding())
+  progress = outputs.Progress('cfg', guidance.num_rounds, 'round')
+  rounds, nfe = [], 0
+  for r in range(guidance.num_rounds):
+    x, nfe = sampler(jax.random.fold_in(rng, r), guidance.score(r))
+    rounds.append(parallel.to_host(x))
+    progress.update()
+  progress.close()
+  samples, labels = np.concatenate(rounds)[:len(guidance.labels)], guidance.labels
+  judged = np.clip(samples, 0., 1.) if spec.is_image else samples
+  metrics = {'nfe': int(nfe), **guidance.settings(), 'num_samples': len(samples),
+             **guidance.class_accuracy(judged, labels)}
+  rows = [list(samples[labels == k][:GRID_COLUMNS]) for k in guidance.classes] if spec.is_image else None
+  return rows, dict(samples=samples, labels=labels), metrics
+
+
 def _digits_predictions(samples):
   from score_sde.metrics import digits_classifier
   try:
@@ -265,7 +375,10 @@ def run(config, workdir, state):
     folder = os.path.join(workdir, 'samples')
     os.makedirs(folder, exist_ok=True)
     stem = os.path.join(folder, f'{condition}_step_{int(state.step)}')
-    save_grid(rows, stem + '.png')
+    if rows is None:  # points: a scatter coloured by label
+      images.save_scatter(arrays['samples'], stem + '.png', labels=arrays['labels'])
+    else:
+      save_grid(rows, stem + '.png')
     atomic_files.savez(stem + '.npz', compressed=True, **arrays)
     atomic_files.write_json(stem + '.json', metrics, indent=1)
     outputs.say(f'{condition}: {json.dumps(metrics)}; wrote {stem}.png, .npz and .json')

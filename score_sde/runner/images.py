@@ -35,12 +35,19 @@ def save_image_grid(images, path):
   save_grid(image_grid(images), path)
 
 
-def save_scatter(points, path):
+def save_scatter(points, path, labels=None):
+  """2-D points as a scatter plot; with `labels`, one colour (and legend entry) per label."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(4, 4))
-  ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
+  if labels is None:
+    ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
+  else:
+    for label in np.unique(labels):
+      chosen = points[labels == label]
+      ax.scatter(chosen[:, 0], chosen[:, 1], s=1, alpha=0.5, label=str(label))
+    ax.legend(title='label', markerscale=6, fontsize=7)
   ax.set_aspect('equal')
   fig.savefig(path, dpi=100, bbox_inches='tight')
   plt.close(fig)

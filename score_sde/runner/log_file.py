@@ -3,12 +3,17 @@ tracebacks in <workdir>/run.log (and on the terminal too with --verbose).
 
 Library log lines are those of absl/Python logging whose source file lies outside this package, such as
 orbax's "Waiting for previous save to complete". Our own warnings (a skipped corrupt checkpoint, say) stay on
-the terminal.
+the terminal. Exceptions that no caller can catch (in library threads, or "unraisable" ones raised in callbacks,
+such as the hundreds of "Event loop is closed" that orbax's I/O threads leave after a failed write) go to the log
+file too. A log file that cannot be written (the disk is full) is skipped silently: the run's own error line says
+what happened.
 """
 import contextlib
 import logging
 import os
+import sys
 import tempfile
+import threading
 import traceback
 
 import jax
@@ -16,6 +21,8 @@ import jax
 from score_sde import parallel
 from score_sde.config_table import ConfigError
 from score_sde.runner.modes import RunFailed
+from score_sde.runner.preemption import Preempted
+from score_sde.runner.write_errors import describe
 
 LOG_FILE = 'run.log'
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,9 +45,17 @@ class _LogOnceTheFolderExists(logging.Handler):
   def emit(self, record):
     self.waiting.append(self.format(record) + '\n')
     if os.path.isdir(os.path.dirname(self.path)):
-      with open(self.path, 'a') as f:
-        f.writelines(self.waiting)
+      _append(self.path, ''.join(self.waiting))
       self.waiting = []
+
+
+def _append(path, text):
+  """Appends to the log file; on a full disk (or any write error) the text is dropped, never printed instead."""
+  try:
+    with open(path, 'a') as f:
+      f.write(text)
+  except OSError:
+    pass
 
 
 def log_path(workdir):
@@ -61,7 +76,15 @@ def route_library_logs(workdir, verbose=False):
     for terminal in root.handlers + [absl_logging.get_absl_handler()]:
       terminal.addFilter(_OwnLinesOnly())
   root.addHandler(handler)
+  if not verbose:
+    sys.unraisablehook = lambda unraisable: _append(path, _uncaught('Unraisable exception', unraisable))
+    threading.excepthook = lambda args: _append(path, _uncaught(f'Exception in thread {args.thread.name}', args))
   return path
+
+
+def _uncaught(what, info):
+  lines = traceback.format_exception(info.exc_type, info.exc_value, info.exc_traceback)
+  return f'{what}:\n' + ''.join(lines)
 
 
 @contextlib.contextmanager
@@ -70,14 +93,17 @@ def tracebacks_to(path, verbose=False):
   holds its traceback; with `verbose` the traceback is printed too."""
   try:
     yield
-  except (RunFailed, ConfigError, KeyboardInterrupt, SystemExit):
+  except (RunFailed, ConfigError, Preempted, KeyboardInterrupt, SystemExit):
     raise
   except Exception as error:  # anything else is a bug or an environment failure: keep the whole story in the log
     text = traceback.format_exc()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'a') as f:
-      f.write(text)
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError:
+      pass
+    _append(path, text)
     if verbose:
       print(text, end='', flush=True)
     first = str(error).splitlines()[0] if str(error) else ''
-    raise RunFailed(f'{type(error).__name__}: {first} (traceback in {path})') from None
+    message = describe(error) or f'{type(error).__name__}: {first}'
+    raise RunFailed(f'{message} (traceback in {path})') from None

@@ -5,13 +5,13 @@ import jax
 import numpy as np
 
 from score_sde import atomic_files, datasets, models, parallel, sampling, sde_lib
-from score_sde.metrics import formulas
 from score_sde.registry import Registry
-from score_sde.runner import (checkpoints, conditional_sampling, evaluate, outputs, run_state, train, validate,
-                              workdir_lock)
+from score_sde.runner import (bpd_estimators, checkpoints, conditional_sampling, evaluate, outputs, run_state, train,
+                              validate, workdir_lock)
+from score_sde.runner.preemption import Preempted, Preemption
 
 
-MODES = Registry('--mode')  # name -> run(config, workdir, eval_folder, config_path); info: help, one line
+MODES = Registry('--mode')  # name -> run(config, workdir, eval_folder, config_path, preemption); info: help line
 
 
 class RunFailed(RuntimeError):
@@ -26,13 +26,13 @@ def _restore(config, workdir):
 
 
 @MODES.register('train', help='train from scratch, or resume from the latest good checkpoint in --workdir')
-def run_train(config, workdir, config_path='', **_):
+def run_train(config, workdir, config_path='', preemption=None, **_):
   dataset = datasets.get_dataset(config)  # a missing dataset is reported before the workdir is touched
   lock = workdir_lock.WorkdirLock(workdir, 'training') if parallel.is_main_process() else None
   try:
     if lock:
       lock.acquire()
-    return train.train(config, workdir, dataset, config_path)
+    return train.train(config, workdir, dataset, config_path, preemption)
   except train.TrainingDiverged as error:
     raise RunFailed(str(error)) from None
   finally:
@@ -42,8 +42,9 @@ def run_train(config, workdir, config_path='', **_):
 
 @MODES.register('sample', help='eval.num_samples samples (sampling.method; sampling.condition for controllable '
                 'generation)')
-def run_sample(config, workdir, **_):
-  """eval.num_samples samples from the EMA parameters, in rounds of eval.batch_size, to <workdir>/samples."""
+def run_sample(config, workdir, preemption=None, **_):
+  """eval.num_samples samples from the EMA parameters, in rounds of eval.batch_size, to <workdir>/samples; a
+  pre-emption between rounds stops it with nothing written (Preempted)."""
   state = _restore(config, workdir)
   if conditional_sampling.CONDITIONS.get(config.sampling.condition) is not None:
     return conditional_sampling.run(config, workdir, state)
@@ -60,6 +61,7 @@ def run_sample(config, workdir, **_):
     rounds.append(parallel.to_host(samples))
     total_nfe += int(nfe)
     progress.update()
+    _stop_if_preempted(preemption, r + 1 < num_rounds, f'sampling round {r + 1} of {num_rounds}')
   progress.close()
   samples = np.concatenate(rounds)[:config.eval.num_samples]
   path = outputs.save_samples(os.path.join(workdir, 'samples'), f'samples_step_{int(state.step)}', samples)
@@ -67,44 +69,64 @@ def run_sample(config, workdir, **_):
   return samples
 
 
-@MODES.register('likelihood', help='bits/dim of the held-out split under the probability-flow ODE')
-def run_likelihood(config, workdir, **_):
-  """bpd of the held-out split under the EMA parameters, mean ± standard error, to likelihood.json."""
+@MODES.register('likelihood', help='bits/dim of the held-out split: the probability-flow ODE, the score_flow '
+                'bound, or both (eval.bpd_method)')
+def run_likelihood(config, workdir, preemption=None, **_):
+  """bpd of the held-out split under the EMA parameters, mean ± standard error, to likelihood.json: bpd_mean and
+  bpd_stderr the probability-flow ODE's, bound_mean and bound_stderr the bound's, each with <name>_nfe and
+  <name>_seconds_per_image; a pre-emption between batches stops it with nothing written (Preempted)."""
   state = _restore(config, workdir)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
   dataset = datasets.get_dataset(config)
-  bpd_fn = evaluate.get_bpd_fn(config, sde, dataset)
+  estimators = evaluate.get_bpd_fn(config, sde, dataset)
   score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
   key = jax.random.PRNGKey(config.seed + 2)
   batches = list(dataset.eval_batches())
   progress = outputs.Progress('likelihood', len(batches), 'batch')
-  values = []
+  done = {name: [] for name in estimators}
   for i, batch in enumerate(batches):
-    values.append(bpd_fn(score_fn, batch['image'], [config.seed, i], jax.random.fold_in(key, i)))
+    for name, estimate in estimators.items():
+      done[name].append(estimate(evaluate.bpd_score(config, score_fn, batch), batch['image'], [config.seed, i],
+                                 jax.random.fold_in(key, i)))
     progress.update()
+    _stop_if_preempted(preemption, i + 1 < len(batches), f'likelihood batch {i + 1} of {len(batches)}')
   progress.close()
-  values = np.concatenate(values)
-  bpd = formulas.mean_stderr(values)
-  result = {'step': int(state.step), 'bpd_mean': bpd['mean'], 'bpd_stderr': bpd['stderr'],
-            'num_examples': int(len(values)), 'dataset': config.data.dataset}
+  result = {'step': int(state.step)}
+  for name, rounds in done.items():
+    summary, values = bpd_estimators.summarize(name, [rounds])
+    result.update({f'{name}_mean': summary[name]['mean'], f'{name}_stderr': summary[name]['stderr'],
+                   **{k: v for k, v in summary.items() if k != name}})
+  result.update({'num_examples': int(len(values)), 'dataset': config.data.dataset,
+                 'bpd_method': config.eval.bpd_method,
+                 'dequantization': bpd_estimators.dequantization(config, dataset.is_image)})
   if parallel.is_main_process():
     atomic_files.write_json(os.path.join(workdir, 'likelihood.json'), result)
-  outputs.say(f"bpd {result['bpd_mean']:.4f} ± {result['bpd_stderr']:.4f} over {len(values)} examples")
+  for name in done:
+    outputs.say(f"{name} {result[f'{name}_mean']:.4f} ± {result[f'{name}_stderr']:.4f} over {len(values)} examples "
+                f"({bpd_estimators.LABELS[name]}; {result[f'{name}_nfe']:.0f} score evaluations and "
+                f"{result[f'{name}_seconds_per_image']:.3g} s per image)")
   return result
 
 
 @MODES.register('eval', help='FID/KID/IS of samples, bpd and held-out loss, over the checkpoints '
                 'eval.begin_ckpt..eval.end_ckpt')
-def run_eval(config, workdir, eval_folder='eval', **_):
+def run_eval(config, workdir, eval_folder='eval', preemption=None, **_):
   evaluate.checkpoint_steps(config, workdir)  # nothing to evaluate: say so before anything is written
   lock = workdir_lock.WorkdirLock(workdir, f'evaluation-{eval_folder}') if parallel.is_main_process() else None
   try:
     if lock:
       lock.acquire()
-    return evaluate.evaluate(config, workdir, eval_folder)
+    return evaluate.evaluate(config, workdir, eval_folder, preemption)
   finally:
     if lock:
       lock.release()
+
+
+def _stop_if_preempted(preemption, more_to_do, where):
+  """Raises Preempted when asked to stop with work left; a mode that keeps no partial results writes nothing."""
+  if more_to_do and preemption is not None and preemption.at_sync():
+    raise Preempted(f'pre-empted ({preemption.received}) after {where}; nothing was written, the same command '
+                    'starts over.')
 
 
 def check(config, workdir, mode, eval_folder='eval', config_path=''):
@@ -128,7 +150,8 @@ def check(config, workdir, mode, eval_folder='eval', config_path=''):
         'sample': lambda: (f"sample {config.eval.num_samples} with {config.sampling.method} from step {step}"
                            if config.sampling.condition == 'none' else
                            f"sample with sampling.condition={config.sampling.condition} from step {step}"),
-        'likelihood': lambda: f'bits/dim of the held-out {data} under the probability-flow ODE, from step {step}',
+        'likelihood': lambda: (f'bits/dim of the held-out {data} ({bpd_estimators.describe(config.eval.bpd_method)}), '
+                               f'from step {step}'),
         'eval': lambda: (f'evaluate the checkpoints of steps {evaluate.checkpoint_steps(config, workdir)} into '
                          f'{os.path.join(workdir, eval_folder)}'),
     }[mode]()
@@ -137,9 +160,11 @@ def check(config, workdir, mode, eval_folder='eval', config_path=''):
   return f"check ok: {config_path or 'the config'} would {what} in {workdir}; nothing was written."
 
 
-def run(config, workdir, mode, eval_folder='eval', config_path=''):
-  """Runs `mode`; errors the user can fix come out as validate.ConfigError (exit code 2)."""
+def run(config, workdir, mode, eval_folder='eval', config_path='', preemption=None):
+  """Runs `mode`; errors the user can fix come out as validate.ConfigError (exit code 2), a pre-emption notice
+  (an installed runner.preemption.Preemption) as Preempted once what can be kept is saved."""
   try:
-    return MODES.get(mode)(config, workdir, eval_folder=eval_folder, config_path=config_path)
+    return MODES.get(mode)(config, workdir, eval_folder=eval_folder, config_path=config_path,
+                           preemption=preemption or Preemption())
   except (datasets.DatasetError, evaluate.EvalError, train.CheckpointMismatch, workdir_lock.WorkdirBusy) as error:
     raise validate.ConfigError(str(error)) from None

@@ -21,9 +21,9 @@ class MetricsLog:
     if not self.active:
       return
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    if os.path.exists(self.path):  # drop what a killed run logged after its last checkpoint
+    if os.path.exists(self.path):  # drop what a killed run logged after its last checkpoint, and any cut-off line
       with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= resume_step]
+        kept = [line for line in f if _logged_step(line) is not None and _logged_step(line) <= resume_step]
       atomic_files.write_text(self.path, ''.join(kept))
     from clu import metric_writers
     self.writer = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'), asynchronous=False)
@@ -32,13 +32,24 @@ class MetricsLog:
     if not self.active:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    try:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    except OSError as error:  # a failed write() does not name its file; the error line should
+      raise OSError(error.errno, error.strerror, self.path) from error
     self.writer.write_scalars(int(step), scalars)
 
   def close(self):
     if self.active:
       self.writer.close()
+
+
+def _logged_step(line):
+  """The step of a metrics.jsonl line, or None for a line that a killed run or a full disk cut short."""
+  try:
+    return json.loads(line).get('step', 0) if line.endswith('\n') else None
+  except json.JSONDecodeError:
+    return None
 
 
 def save_samples(folder, name, samples):
@@ -54,6 +65,17 @@ def save_samples(folder, name, samples):
   else:
     images.save_scatter(samples, path)
   return path
+
+
+def record_class_names(workdir, names):
+  """Writes <workdir>/class_names.json ({index: name}) for data whose classes have names (image folders); returns
+  the note for the start line ('' without names)."""
+  if not names:
+    return ''
+  if parallel.is_main_process():
+    atomic_files.write_json(os.path.join(workdir, 'class_names.json'), {str(k): n for k, n in enumerate(names)})
+  shown = ', '.join(f'{k}={n}' for k, n in enumerate(names[:10])) + (', ...' if len(names) > 10 else '')
+  return f'; {len(names)} classes {shown} (class_names.json)'
 
 
 def say(message):

@@ -1,4 +1,10 @@
-"""The training loop: data-parallel over all devices, resumable at any step, bit for bit."""
+"""The training loop: data-parallel over all devices, resumable at any step, bit for bit.
+
+On a pre-emption notice (runner/preemption.py) a single process finishes the step it is on, several processes the
+chunk they are on (where they agree); then the step is saved to checkpoints-meta/, the save is checked to be the
+newest step on disk, and Preempted is raised. A restart resumes there and ends bit-identical to an uninterrupted run:
+the batches depend only on (seed, step) and the random state is in the checkpoint.
+"""
 import os
 import time
 
@@ -7,6 +13,7 @@ import numpy as np
 
 from score_sde import datasets, losses, models, parallel, sampling, sde_lib
 from score_sde.runner import checkpoints, outputs, run_state
+from score_sde.runner.preemption import Preempted, Preemption
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,9 +44,11 @@ def snapshot_sampler(config, sde, model):
   return sample
 
 
-def train(config, workdir, dataset=None, config_path=''):
-  """Trains from the latest good checkpoint in `workdir` (or from scratch) to training.n_iters."""
+def train(config, workdir, dataset=None, config_path='', preemption=None):
+  """Trains from the latest good checkpoint in `workdir` (or from scratch) to training.n_iters; raises Preempted
+  after saving when `preemption` (an installed runner.preemption.Preemption) asks to stop."""
   tc = config.training
+  preemption = preemption or Preemption()
   dataset = dataset or datasets.get_dataset(config)  # a missing dataset fails before the workdir is touched
   scaler = datasets.get_data_scaler(config)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
@@ -52,6 +61,9 @@ def train(config, workdir, dataset=None, config_path=''):
   eval_step = jax.jit(lambda state, batch: eval_loss(state, batch)[1]['loss'])
   learning_rate = losses.learning_rate_schedule(config)
 
+  if parallel.is_main_process():
+    for folder in checkpoints.remove_unfinished_saves(workdir):
+      outputs.say(f'Removed {folder}: an unfinished checkpoint save of an earlier run (never a step).')
   run_checkpoints = checkpoints.RunCheckpoints(workdir)
   state = run_state.create_train_state(config, jax.random.PRNGKey(config.seed))
   restored = run_checkpoints.restore(state)
@@ -66,7 +78,7 @@ def train(config, workdir, dataset=None, config_path=''):
   outputs.say(f'Training {config_path or "a config"}: {run_state.num_params(state):,} parameters, '
               f'{jax.process_count()} process(es), {jax.device_count()} {jax.devices()[0].platform} device(s), '
               f'workdir {workdir}, ' + (f'resuming from step {start}' if restored else 'starting from scratch') +
-              f', to step {tc.n_iters}.')
+              f', to step {tc.n_iters}{outputs.record_class_names(workdir, dataset.class_names)}.')
 
   train_iter = dataset.train_batches(start)
   eval_iter = iter(())
@@ -79,15 +91,17 @@ def train(config, workdir, dataset=None, config_path=''):
       stop = next_stop(step, config)
       chunk = []
       for _ in range(stop - step):
-        batch = {'image': parallel.global_batch(scaler(next(train_iter)['image']))}
+        batch = jax.tree.map(parallel.global_batch, losses.loss_batch(model, next(train_iter), scaler))
         state, metrics = train_step(state, batch)
         chunk.append(metrics)
+        if preemption.at_step():  # a lone process stops after the step it is on
+          break
       loss = np.asarray([parallel.to_host(m['loss']) for m in chunk])
       if not np.all(np.isfinite(loss)):
         bad = step + int(np.argmin(np.isfinite(loss))) + 1
         raise TrainingDiverged(f'Loss is {loss[~np.isfinite(loss)][0]} at step {bad}; stopped. '
                                f'The last good checkpoint (step <= {step}) is kept in {workdir}.')
-      step = stop
+      step += len(chunk)  # `stop`, unless pre-empted: then no event falls on this step (events end a chunk)
       if step % tc.log_freq == 0:
         now = time.perf_counter()
         rate = (step - tick_step) / (now - tick)
@@ -100,7 +114,7 @@ def train(config, workdir, dataset=None, config_path=''):
         if batch is None:
           eval_iter = dataset.eval_batches()
           batch = next(eval_iter)
-        eval_batch = {'image': parallel.full_batch(scaler(batch['image']))}
+        eval_batch = jax.tree.map(parallel.full_batch, losses.loss_batch(model, batch, scaler))
         log.write(step, {'eval_loss': parallel.to_host(eval_step(state, eval_batch))})
       permanent = step % tc.snapshot_freq == 0 or step == tc.n_iters
       if permanent or step % tc.snapshot_freq_for_preemption == 0:
@@ -108,6 +122,10 @@ def train(config, workdir, dataset=None, config_path=''):
       if permanent and sample is not None:
         samples = sample(state.params_ema, jax.random.fold_in(jax.random.PRNGKey(config.seed), step))
         outputs.save_samples(os.path.join(workdir, 'samples'), f'iter_{step}', parallel.to_host(samples))
+      if step < tc.n_iters and preemption.at_sync():
+        folder = run_checkpoints.save_to_resume(state)
+        raise Preempted(f'pre-empted ({preemption.received}) at step {step}: saved {folder}; the same command '
+                        'resumes from there.')
   finally:
     progress.close()
     log.close()

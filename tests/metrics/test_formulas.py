@@ -69,3 +69,31 @@ def test_sample_metrics_on_gaussians_match_the_closed_forms():
   logits[np.arange(1000), np.arange(1000) % 10] = 30.
   scored = formulas.sample_metrics(reference[:1000], logits, reference, num_bootstrap=2)
   assert abs(scored['inception_score']['mean'] - 10.) < 1e-6
+
+
+def test_paired_fid_difference_stderr_is_the_spread_over_fresh_pairs():
+  """Pairs share a latent z: a = 1.3 z + noise, b = 1.5 z + noise. The paired bootstrap stderr of FID(a) − FID(b) must
+  match the spread of that difference over fresh draws (Monte Carlo), far below the unpaired stderrs combined."""
+  rng = np.random.default_rng(3)
+  n, d = 400, 3
+  reference = rng.normal(size=(5000, d))
+
+  def draw():
+    z = rng.normal(size=(n, d))
+    return 1.3 * z + 0.2 * rng.normal(size=(n, d)), 1.5 * z + 0.2 * rng.normal(size=(n, d))
+
+  def sqrtm_fid(x):  # the textbook formula, independently of formulas.frechet_distance_to
+    mu, s, mu_r, s_r = x.mean(0), np.cov(x.T), reference.mean(0), np.cov(reference.T)
+    return np.sum((mu - mu_r) ** 2) + np.trace(s + s_r - 2 * linalg.sqrtm(s @ s_r).real)
+
+  a, b = draw()
+  paired = formulas.paired_fid_difference(a, b, reference, num_bootstrap=400)
+  assert paired['mean'] == pytest.approx(sqrtm_fid(a) - sqrtm_fid(b), rel=1e-6)
+  spread = np.std([sqrtm_fid(x) - sqrtm_fid(y) for x, y in (draw() for _ in range(400))], ddof=1)
+  assert paired['stderr'] == pytest.approx(spread, rel=0.25)
+  unpaired = [formulas.sample_metrics(x, None, reference, num_bootstrap=400)['fid']['stderr'] for x in (a, b)]
+  assert paired['stderr'] < 0.6 * np.hypot(*unpaired)
+  same = formulas.paired_fid_difference(a, a, reference)
+  assert same['mean'] == 0. and same['stderr'] == 0.
+  with pytest.raises(ValueError, match='one shape'):
+    formulas.paired_fid_difference(a, b[:-1], reference)

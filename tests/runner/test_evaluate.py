@@ -77,6 +77,20 @@ def test_eval_killed_mid_way_resumes_without_redoing_rounds(untrained_run):
   assert result['fid']['mean'] > 50 and 4.5 < result['bpd']['mean'] < 40
 
 
+def test_sample_features_reads_the_kept_rounds_in_order(tmp_path):
+  """What --mode eval keeps per sampling round (samples_<r>.npz under <eval_folder>/ckpt_<step>/), read back
+  for paired comparisons of runs."""
+  from score_sde.runner import evaluate
+  rounds = tmp_path / 'eval_x' / 'ckpt_7'
+  rounds.mkdir(parents=True)
+  parts = [np.full((3, 2), r, np.float32) for r in range(3)]
+  for r, part in enumerate(parts):
+    np.savez(rounds / f'samples_{r}.npz', samples=np.zeros((3, 8, 8, 1), np.uint8), features=part, nfe=np.asarray(5))
+  feats = evaluate.sample_features(str(tmp_path), 7, 'eval_x')
+  assert feats.dtype == np.float64 and np.array_equal(feats, np.concatenate(parts))
+  assert evaluate.sample_features(str(tmp_path), 8, 'eval_x') is None
+
+
 def test_rounds_made_with_other_settings_are_refused(untrained_run):
   """Run after the resume test: its rounds were made with num_scales=20; 30 would mix two samplers."""
   if not (untrained_run / 'eval' / 'ckpt_10' / 'settings.json').exists():

@@ -1,5 +1,6 @@
 """Runs over several processes (jax.distributed, gloo on CPU): two run.py processes with 4 devices each must
-train, save and sample as one process with 8 devices does, and a run that loses a process must stop, not hang."""
+train, save and sample as one process with 8 devices does, a run that loses a process must stop, not hang, and a
+pre-emption notice to one process must stop both at the same saved step."""
 import os
 import shutil
 import signal
@@ -37,9 +38,9 @@ def start_one(workdir, mode, extra):
                            text=True)]
 
 
-def start_two(workdir, mode, extra):
+def start_two(workdir, mode, extra, **more_env):
   env = dict(ENV, XLA_FLAGS='--xla_force_host_platform_device_count=4', SCORE_SDE_HEARTBEAT_TIMEOUT='15',
-             SCORE_SDE_SHUTDOWN_TIMEOUT='15')
+             SCORE_SDE_SHUTDOWN_TIMEOUT='15', **more_env)
   address = f'127.0.0.1:{free_port()}'
   return [subprocess.Popen(command(workdir, mode, extra) + [f'--coordinator_address={address}', '--num_processes=2',
                                                            f'--process_id={i}'],
@@ -100,9 +101,9 @@ def test_two_processes_sample_what_one_process_samples(runs, tmp_path):
   assert files(tmp_path / 'b') == files(tmp_path / 'a')
 
 
-def test_a_lost_process_stops_the_other_and_both_resume_exactly(runs, tmp_path):
-  workdir = tmp_path / 'w'
-  processes = start_two(workdir, 'train', RUN)
+def training_two(workdir, **more_env):
+  """Two processes training RUN, once they have logged two losses."""
+  processes = start_two(workdir, 'train', RUN, **more_env)
   metrics = workdir / 'metrics.jsonl'
   deadline = time.time() + 300
   while time.time() < deadline and all(p.poll() is None for p in processes):
@@ -110,6 +111,12 @@ def test_a_lost_process_stops_the_other_and_both_resume_exactly(runs, tmp_path):
       break
     time.sleep(0.1)
   assert all(p.poll() is None for p in processes), 'the run ended before it could be interrupted'
+  return processes
+
+
+def test_a_lost_process_stops_the_other_and_both_resume_exactly(runs, tmp_path):
+  workdir = tmp_path / 'w'
+  processes = training_two(workdir)
   processes[1].send_signal(signal.SIGKILL)
   killed_at = time.time()
   try:
@@ -122,14 +129,39 @@ def test_a_lost_process_stops_the_other_and_both_resume_exactly(runs, tmp_path):
   assert processes[0].returncode != 0
   for p in processes:
     p.communicate()
+  resume_exactly(runs, workdir)
+  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+  assert sum('"loss"' in line for line in lines) == 10
+
+
+def resume_exactly(runs, workdir):
+  """Restarts both processes on `workdir`: they must end on the uninterrupted two-process run's parameters."""
   finish(start_two(workdir, 'train', RUN))
   step, resumed = params(workdir)
   _, reference = params(runs / 'two')
   assert step == 100
   for a, b in zip(reference, resumed):
     np.testing.assert_array_equal(a, b)
-  lines = metrics.read_text().splitlines()
-  assert sum('"loss"' in line for line in lines) == 10
+
+
+@pytest.mark.parametrize('notice', ['SIGTERM', 'SIGUSR1'])
+def test_a_notice_to_one_process_stops_both_at_one_saved_step(runs, tmp_path, notice):
+  """SIGTERM goes through JAX's preemption sync point, the SCORE_SDE_PREEMPT_SIGNAL one through the processes'
+  shared flag; either way both save the same step and exit 75, and restarting both resumes exactly."""
+  workdir = tmp_path / 'w'
+  processes = training_two(workdir, SCORE_SDE_PREEMPT_SIGNAL='USR1')
+  processes[1].send_signal(getattr(signal, notice))
+  sent = time.time()
+  errs = [p.communicate(timeout=300)[1] for p in processes]
+  print(f'{notice} to process 1: exit codes {[p.returncode for p in processes]} after {time.time() - sent:.1f} s')
+  assert [p.returncode for p in processes] == [75, 75], [e[-1500:] for e in errs]
+  line = errs[0].strip().splitlines()[-1]
+  assert line.startswith('pre-empted (') and ' at step ' in line, line
+  assert 'pre-empted' not in errs[1]  # only process 0 prints
+  step = int(line.split(' at step ')[1].split(':')[0])
+  assert sorted(p.name for p in (workdir / 'checkpoints-meta').iterdir()) == [str(step)] and 20 <= step < 100
+  if notice == 'SIGTERM':
+    resume_exactly(runs, workdir)
 
 
 def test_flags_must_come_together(tmp_path):

@@ -9,27 +9,14 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from helpers import ENV, REPO, TOY, finish, run_cli
-
-SMALL = ['--config.training.n_iters=300', '--config.training.n_jitted_steps=10', '--config.training.log_freq=10',
-         '--config.training.eval_freq=100', '--config.training.snapshot_freq=100',
-         '--config.training.snapshot_freq_for_preemption=10', '--config.training.snapshot_sampling=False',
-         '--config.training.batch_size=64', '--config.model.nf=32']
-
-def final_params(workdir):
-  from score_sde.runner import checkpoints
-  state = checkpoints.restore(str(workdir))
-  return jax.tree.leaves(state.params), jax.tree.leaves(state.params_ema), int(state.step)
+from helpers import ENV, REPO, SMALL, TOY, final_params, finish, run_cli
 
 
-def test_training_killed_three_times_resumes_bit_for_bit(tmp_path):
-  code, _, err = finish(run_cli(tmp_path / 'straight', '--mode=train', *SMALL))
-  assert code == 0, err[-2000:]
-  reference = final_params(tmp_path / 'straight')
+def test_training_killed_three_times_resumes_bit_for_bit(reference_run, tmp_path):
+  reference = final_params(reference_run)
 
   chooser = random.Random(int(time.time()))
   killed = tmp_path / 'killed'

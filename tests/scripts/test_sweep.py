@@ -1,12 +1,14 @@
-"""experiments/: grid expansion, trial names, printed commands, tables and plots, failures and resume.
+"""experiments/: grid expansion, trial names, printed commands, tables and plots, failures and resume, launchers.
 
 No JAX runs: results are fake JSON files, and a fake run.py stands in for training where a run must succeed.
+SLURM is a stub: sbatch records the script submitit generates, and the test runs that script as SLURM would.
 """
 import csv
 import json
-import pathlib
+import os
 import re
 import shlex
+import subprocess
 import sys
 import textwrap
 
@@ -15,7 +17,7 @@ import pytest
 
 from helpers import REPO
 sys.path.insert(0, str(REPO))
-from experiments import likelihood_eval, results, sweep, workdir_config
+from experiments import launchers, likelihood_eval, results, sweep, workdir_config
 
 SWEEPS = REPO / 'experiments' / 'sweeps'
 FAKE_RUN = textwrap.dedent('''\
@@ -176,22 +178,138 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
   assert (out / 'plot.png').exists()
 
 
-def test_resume_skips_finished_trials_and_reruns_failed_ones(tmp_path, fake_run):
+@pytest.mark.parametrize('launcher', ['serial', 'local'])
+def test_resume_skips_finished_trials_and_reruns_failed_ones(tmp_path, fake_run, launcher):
   path = write_sweep(tmp_path, {'config': 'configs/toy/gmm.py', 'modes': ['likelihood'],
                                 'grid': {'fake.bpd': [1.0, 'fail', 2.0]}, 'metrics': ['bpd'],
                                 'plot': {'x': 'fake.bpd', 'y': 'bpd'}})
   out = tmp_path / 'out'
-  assert sweep.main(['--sweep', path, '--out', str(out)]) == 1
+  how = ['--launcher', launcher, '--max_parallel', '2']
+  assert sweep.main(['--sweep', path, '--out', str(out), *how]) == 1
   assert len(fake_run()) == 3
   rows = read_csv(out / 'results.csv')
   assert [(r['bpd'], r['status']) for r in rows] == [('1.0', 'ok'), ('', 'failed'), ('2.0', 'ok')]
   assert rows[1]['error'] == 'error: fake failure'
 
-  assert sweep.main(['--sweep', path, '--out', str(out)]) == 1   # a killed or repeated sweep
+  assert sweep.main(['--sweep', path, '--out', str(out), *how]) == 1   # a killed or repeated sweep
   calls = fake_run()
   assert len(calls) == 4 and '--config.fake.bpd=fail' in calls[-1]
-  assert sweep.main(['--sweep', path, '--out', str(out), '--config.x.y=1']) == 1  # new overrides: all run again
+  assert sweep.main(['--sweep', path, '--out', str(out), *how, '--config.x.y=1']) == 1  # new overrides: all again
   assert len(fake_run()) == 7
+
+
+class FakeJob:
+  """Finishes after `polls` calls of done(); counts how many of its kind run at once."""
+  running, most = 0, 0
+
+  def __init__(self, polls):
+    self.polls = polls
+    FakeJob.running += 1
+    FakeJob.most = max(FakeJob.most, FakeJob.running)
+
+  def done(self):
+    self.polls -= 1
+    if self.polls == 0:
+      FakeJob.running -= 1
+    return self.polls <= 0
+
+
+def test_local_runs_at_most_max_parallel_trials_at_once():
+  events = list(launchers.at_most(2, [3, 1, 2, 1, 1], FakeJob, poll_seconds=0))
+  assert FakeJob.most == 2 and FakeJob.running == 0
+  assert sorted(item for event, item, _ in events if event == 'finished') == [1, 1, 1, 2, 3]
+  assert [event for event, _, _ in events].count('started') == 5
+
+
+def test_launcher_flags_and_configs_are_checked_in_one_line(tmp_path, capsys):
+  base = ['--sweep', str(SWEEPS / 'toy_sdes.py'), '--out', str(tmp_path / 'out')]
+  assert sweep.main(base + ['--launcher', 'print']) == 0
+  printed = capsys.readouterr().out
+  assert sweep.main(base + ['--print_commands']) == 0
+  assert capsys.readouterr().out == printed and printed.count('run.py') == 6
+  bad_config = tmp_path / 'bad.py'
+  bad_config.write_text("def get_launcher():\n  return {'slurm_partitoin': 'gpu'}\n")
+  for args, expected in [(['--launcher', 'lokal'], "--launcher='lokal' is unknown; known: ['local', 'print', "),
+                         (['--print_commands', '--launcher', 'local'], '--print_commands is --launcher print'),
+                         (['--launcher_config', str(bad_config)], 'is for --launcher local or slurm'),
+                         (['--launcher', 'local', '--max_parallel', '0'], 'must be at least 1'),
+                         (['--launcher', 'local', '--launcher_config', str(tmp_path / 'none.py')],
+                          'no launcher config'),
+                         (['--launcher', 'local', '--launcher_config', str(bad_config)],
+                          "Unknown argument 'partitoin' for executor 'slurm'")]:
+    assert sweep.main(base + args) == 2, args
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and expected in err[0], (args, err)
+  assert not (tmp_path / 'out').exists()
+
+
+STUBS = {  # what submitit calls on a SLURM cluster, recorded or answered from files in $STUB_RECORD
+    'sbatch': 'n=$(ls "$STUB_RECORD" | grep -c "^sbatch_")\ncp "$1" "$STUB_RECORD/sbatch_$n.sh"\n'
+              'echo "Submitted batch job $((4242 + n))"\n',
+    'sacct': 'echo "JobID|State|NodeList"\ncat "$STUB_RECORD/sacct.txt"\n',
+    # runs the task's command as srun would, with the step's variables
+    'srun': 'while [[ "$1" == --* ]]; do case "$1" in --output|--error) shift 2;; *) shift;; esac; done\n'
+            'export SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NODEID=0 SLURM_NTASKS=1 SLURM_JOB_NUM_NODES=1\n'
+            'exec "$@"\n',
+}
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+  """The folder where the stubbed SLURM commands (on PATH for this test) record what they are given."""
+  bin_dir, record = tmp_path / 'bin', tmp_path / 'record'
+  bin_dir.mkdir()
+  record.mkdir()
+  for name, body in STUBS.items():
+    (bin_dir / name).write_text('#!/bin/bash\n' + body)
+    (bin_dir / name).chmod(0o755)
+  monkeypatch.setenv('PATH', f"{bin_dir}:{os.environ['PATH']}")
+  monkeypatch.setenv('STUB_RECORD', str(record))
+  return record
+
+
+def test_slurm_submits_one_array_and_a_rerun_collects_leaves_running_and_resubmits_failed(tmp_path, fake_run, slurm):
+  record = slurm
+  config = tmp_path / 'cluster.py'
+  config.write_text(textwrap.dedent(f'''\
+      def get_launcher():
+        return {{'slurm_partition': 'gpu', 'timeout_min': 90, 'gpus_per_node': 2, 'cpus_per_task': 6, 'mem_gb': 16,
+                'slurm_signal_delay_s': 100, 'slurm_additional_parameters': {{'requeue': True}},
+                'slurm_setup': ['touch {tmp_path}/setup_ran']}}
+  '''))
+  path = write_sweep(tmp_path, {'config': 'configs/toy/gmm.py', 'modes': ['likelihood'],
+                                'grid': {'fake.bpd': [1.0, 'fail']}, 'metrics': ['bpd']})
+  out = tmp_path / 'out'
+  args = ['--sweep', path, '--out', str(out), '--launcher', 'slurm', '--launcher_config', str(config),
+          '--max_parallel', '1']
+  assert sweep.main(args) == 0 and not fake_run()
+  script = (record / 'sbatch_0.sh').read_text()
+  lines = script.splitlines()
+  for flag in ('--array=0-1%1', '--partition=gpu', '--time=90', '--gpus-per-node=2', '--cpus-per-task=6',
+               '--mem=16GB', '--signal=USR2@100', '--requeue', '--job-name=out'):
+    assert f'#SBATCH {flag}' in lines, flag
+  setup = lines.index(f'touch {tmp_path}/setup_ran')
+  assert lines[setup + 1:setup + 3] == [f'cd {REPO}', f'export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}']
+  assert subprocess.run(['bash', '-n', str(record / 'sbatch_0.sh')], check=False).returncode == 0
+  jobs = [json.loads((out / name / 'status.json').read_text()) for name in ('bpd-1.0', 'bpd-fail')]
+  assert [(j['status'], j['job_id']) for j in jobs] == [('submitted', '4242_0'), ('submitted', '4242_1')]
+
+  (record / 'sacct.txt').write_text('4242_0|RUNNING|n1\n4242_1|PENDING|\n')
+  assert sweep.main(args) == 0  # both still queued or running: nothing submitted twice
+  assert sorted(p.name for p in record.glob('sbatch_*')) == ['sbatch_0.sh']
+
+  for task in (0, 1):  # SLURM runs the array's tasks
+    subprocess.run(['bash', str(record / 'sbatch_0.sh')], check=False, capture_output=True,
+                   env=dict(os.environ, SLURM_JOB_ID=str(5000 + task), SLURM_ARRAY_JOB_ID='4242',
+                            SLURM_ARRAY_TASK_ID=str(task)))
+  assert len(fake_run()) == 2 and (tmp_path / 'setup_ran').exists()
+  assert json.loads((out / 'bpd-fail' / 'status.json').read_text())['status'] == 'failed'
+
+  assert sweep.main(args) == 0  # the finished trial is collected, the failed one submitted again
+  rows = read_csv(out / 'results.csv')
+  assert [(r['bpd'], r['status']) for r in rows] == [('1.0', 'ok'), ('', 'submitted')]
+  again = (record / 'sbatch_1.sh').read_text()
+  assert '--array' not in again and json.loads((out / 'bpd-fail' / 'status.json').read_text())['job_id'] == '4243'
 
 
 def test_likelihood_eval_passes_overrides_and_tabulates(tmp_path, fake_run, monkeypatch, capsys):
@@ -218,3 +336,17 @@ def test_workdir_config_rebuilds_the_saved_config(tmp_path):
   config.model.ch_mult = (1, 2)
   (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
   assert workdir_config.get_config(str(tmp_path)).to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize('name,flags', [
+    ('slurm_example', ['--nodes=1', '--ntasks-per-node=1', '--gpus-per-node=1', '--signal=USR2@120', '--requeue']),
+    ('slurm_multinode', ['--nodes=2', '--ntasks-per-node=8', '--gpus-per-node=8', '--signal=USR2@300', '--requeue'])])
+def test_the_shipped_launcher_configs_make_valid_sbatch_scripts(tmp_path, fake_run, slurm, name, flags):
+  path = write_sweep(tmp_path, {'config': 'configs/toy/gmm.py', 'modes': ['likelihood'], 'grid': {'fake.bpd': [1., 2.]},
+                                'metrics': ['bpd']})
+  assert sweep.main(['--sweep', path, '--out', str(tmp_path / 'out'), '--launcher', 'slurm', '--launcher_config',
+                     str(REPO / 'launchers' / f'{name}.py')]) == 0
+  script = slurm / 'sbatch_0.sh'
+  lines = script.read_text().splitlines()
+  assert all(f'#SBATCH {flag}' in lines for flag in flags + ['--array=0-1%2']), lines
+  assert f'cd {REPO}' in lines and subprocess.run(['bash', '-n', str(script)], check=False).returncode == 0
