@@ -83,7 +83,8 @@ import ml_collections  # noqa: E402
 from score_sde import config_table
 from score_sde.runner import validate
 
-SHIPPED = CONFIG_FILES + [REPO / 'configs' / 'quickstart.py', REPO / 'configs' / 'toy' / 'gmm.py']
+SHIPPED = CONFIG_FILES + [REPO / 'configs' / 'quickstart.py', REPO / 'configs' / 'quickstart_cond.py',
+                          REPO / 'configs' / 'toy' / 'gmm.py']
 
 
 @pytest.mark.parametrize('path', SHIPPED, ids=lambda p: str(p.relative_to(REPO / 'configs')))
@@ -120,6 +121,8 @@ OUT_OF_DOMAIN = {
     config_table.unit_interval: [-0.1, 1.5],
     config_table.mask_kind: ['circle', 3],
     config_table.class_ids: [3, None],
+    config_table.class_count: [-2, 2.5, True],
+    config_table.noise_interval: ['5,0.3', '0.3', 'a,b', '-1,2', 3],
 }
 
 

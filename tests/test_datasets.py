@@ -59,9 +59,25 @@ def test_image_folder_gives_the_files_pixels_in_a_resumable_order(image_folder):
   assert all(any(np.array_equal(h, t) for t in test_images) for h in held_out)
 
 
+def test_image_folder_labels_are_the_sorted_subfolders(image_folder):
+  """cat = 0, dog = 1: each row's label is its file's folder, in training batches, on resume and held out."""
+  root, pixels = image_folder
+  config = small_config(dataset='image_folder', image_folder=str(root), num_channels=3, random_flip=False)
+  dataset = datasets.get_dataset(config)
+  assert dataset.class_names == ('cat', 'dog') and datasets.spec(config).num_classes == dataset.num_classes == 2
+  folder = {(split, v.astype(np.float32).tobytes()): label for (split, label, _), v in
+            ((k, v / 255.) for k, v in pixels.items())}
+  stream = dataset.train_batches(0)
+  batches = [next(stream) for _ in range(5)] + [next(dataset.train_batches(3))] + list(dataset.eval_batches())
+  for i, batch in enumerate(batches):
+    split = 'test' if i > 5 else 'train'
+    assert batch['label'].dtype == np.int32
+    assert [('cat', 'dog')[y] for y in batch['label']] == [folder[(split, x.tobytes())] for x in batch['image']]
+
+
 def test_image_folder_trains_from_the_cli(image_folder, tmp_path):
   root, _ = image_folder
-  code, _, err = finish(run_cli(
+  code, out, err = finish(run_cli(
       tmp_path / 'run', '--mode=train', '--config.data.dataset=image_folder', f'--config.data.image_folder={root}',
       '--config.data.num_channels=3', '--config.training.batch_size=4', '--config.eval.batch_size=4',
       '--config.training.n_iters=4', '--config.training.n_jitted_steps=2', '--config.training.log_freq=2',
@@ -74,6 +90,8 @@ def test_image_folder_trains_from_the_cli(image_folder, tmp_path):
   losses = [m['loss'] for m in logged if 'loss' in m]
   assert len(losses) == 2 and all(np.isfinite(losses)), logged
   assert any('eval_loss' in m for m in logged)
+  assert json.loads((tmp_path / 'run' / 'class_names.json').read_text()) == {'0': 'cat', '1': 'dog'}
+  assert '2 classes 0=cat, 1=dog' in out
 
 
 def test_an_empty_image_folder_is_one_clear_error(tmp_path):
@@ -119,7 +137,9 @@ def test_tfds_pipelines_on_mocked_data():
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=12):
     cifar = datasets.get_dataset(small_config(dataset='CIFAR10', num_channels=3, image_size=32))
-    assert next(cifar.train_batches(0))['image'].shape == (4, 32, 32, 3)
+    batch = next(cifar.train_batches(0))
+    assert batch['image'].shape == (4, 32, 32, 3) and cifar.num_classes == 10
+    assert batch['label'].dtype == np.int32 and batch['label'].shape == (4,) and 0 <= batch['label'].min() < 10
     for name, extra in (('celeb_a', {}), ('LSUN', {'category': 'church_outdoor'}), ('lsun/bedroom', {})):
       config = small_config(dataset=name, num_channels=3, image_size=16)
       if extra:
@@ -172,3 +192,36 @@ def test_uniform_dequantization_is_the_official_formula():
   digits = np.random.default_rng(4).integers(0, 17, (50,)).astype(np.float32) / 16
   spread = datasets.uniform_dequantize(digits, np.random.default_rng(8), 17)
   assert np.all(np.floor(spread * 17) == np.round(digits * 16))  # each level stays in its own bin
+
+
+def test_digits_come_with_their_labels_and_resume_sees_the_same_ones():
+  """Each row's label is the one scikit-learn gives that image; a stream started at step 3 is the 4th batch, labels
+  included; images and labels of the held-out split too."""
+  config = small_config(dataset='digits')
+  train, train_labels, test, test_labels = datasets.digits_split(config.data.num_test)
+  digit_of = {image.tobytes(): label for image, label in zip(train, train_labels)}
+  dataset = datasets.get_dataset(config)
+  stream = dataset.train_batches(0)
+  batches = [next(stream) for _ in range(4)]
+  for batch in batches:
+    assert [digit_of[image.tobytes()] for image in batch['image']] == batch['label'].tolist()
+  resumed = next(dataset.train_batches(3))
+  assert all(np.array_equal(resumed[k], batches[3][k]) for k in ('image', 'label'))
+  held_out = next(dataset.eval_batches())
+  np.testing.assert_array_equal(held_out['label'], test_labels[:4])
+  np.testing.assert_array_equal(held_out['image'], test[:4])
+  assert datasets.spec(config).num_classes == dataset.num_classes == 10
+
+
+def test_toy_labels_are_the_components_and_the_points_are_unchanged():
+  from score_sde import config_table, toy
+  import jax
+  config = config_table.load(str(REPO / 'configs' / 'toy' / 'gmm.py'))
+  config.training.batch_size = 2000
+  mixture = toy.get_toy_distribution('gmm')
+  batch = next(datasets.get_dataset(config).train_batches(5))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+  as_it_was = jax.jit(lambda step: mixture.sample(jax.random.fold_in(key, step), 2000))(5)  # the stream's own draw
+  np.testing.assert_array_equal(batch['image'], np.asarray(as_it_was))
+  assert np.mean(mixture.assign(batch['image']) == batch['label']) > 0.99  # well separated: nearly all on their own
+  assert np.bincount(batch['label']).tolist() == pytest.approx([400, 600, 1000], abs=90)  # weights 0.2, 0.3, 0.5

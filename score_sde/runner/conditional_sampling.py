@@ -272,8 +272,9 @@ class BalancedGuidance:
   """Class-balanced guided sampling of a class-conditional score_fn(x, t, labels), in rounds of `batch_size`.
 
   eval.num_samples labels split evenly over sampling.labels ('' every class; the first ones get one more when it
-  does not divide), in label order; round r samples labels[r B:(r+1) B] (the last round filled up cyclically),
-  with classifier-free guidance of scale sampling.guidance_scale on sampling.guidance_interval.
+  does not divide), cycling through them, so that every round and every part of the KID/IS splits holds every
+  label; round r samples labels[r B:(r+1) B] (the last round filled up cyclically), with classifier-free guidance
+  of scale sampling.guidance_scale on sampling.guidance_interval.
   """
 
   def __init__(self, config, sde, score_fn, batch_size):
@@ -281,8 +282,7 @@ class BalancedGuidance:
     self.sde, self.score_fn, self.batch_size = sde, score_fn, batch_size
     self.scale, self.interval = s.guidance_scale, config_table.parse_interval(s.guidance_interval)
     self.classes = parse_labels(s.labels, model_num_classes(config), "the model's")
-    per_label, extra = divmod(config.eval.num_samples, len(self.classes))
-    self.labels = np.repeat(self.classes, [per_label + (k < extra) for k in range(len(self.classes))]).astype(np.int32)
+    self.labels = np.resize(np.asarray(self.classes, np.int32), config.eval.num_samples)
     self.num_rounds = -(-len(self.labels) // batch_size)
     self.judge = class_judge(config)
 

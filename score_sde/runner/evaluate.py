@@ -309,6 +309,8 @@ def _bpd_rounds(config, dataset, state, sde, model, bpd_fn, rounds, round_dir):
       repeats.append(done)
     summary, per_example = bpd_estimators.summarize(name, repeats)
     entry.update(summary, **{f'{name}_rounds_run_now': fresh})
+  if config.model.num_classes:  # a class-conditional model: of x given its label, or of x alone
+    entry['bpd_condition'] = config.eval.bpd_condition
   return {**entry, 'bpd_num_examples': len(per_example), 'bpd_num_repeats': config.eval.bpd_num_repeats,
           'bpd_dataset': config.eval.bpd_dataset, 'dequantization': bpd_estimators.dequantization(config,
                                                                                                  dataset.is_image)}

@@ -99,6 +99,8 @@ def run_likelihood(config, workdir, preemption=None, **_):
   result.update({'num_examples': int(len(values)), 'dataset': config.data.dataset,
                  'bpd_method': config.eval.bpd_method,
                  'dequantization': bpd_estimators.dequantization(config, dataset.is_image)})
+  if config.model.num_classes:  # a class-conditional model: of x given its label, or of x alone
+    result['bpd_condition'] = config.eval.bpd_condition
   if parallel.is_main_process():
     atomic_files.write_json(os.path.join(workdir, 'likelihood.json'), result)
   for name in done:

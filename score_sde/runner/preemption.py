@@ -5,16 +5,19 @@ sends USR1 before the time limit, submitit sends USR2. `Preemption` listens for 
 SCORE_SDE_PREEMPT_SIGNAL (USR1, USR2, ...). The handler only records the notice (a second one changes nothing), so
 whatever the run is doing, a checkpoint save included, finishes undisturbed. The loops then ask where to stop:
 
-  at_step()   a single-process run stops after the step it is on (no other process has to agree);
-  at_sync()   at a host sync point (the end of a chunk of steps, an evaluation round, a sampling round): True on
-              every process at the same call, so all of them save the same step and exit together. Every process
-              must call it at the same points, in the same order.
+  at_step(step)    after each training step is dispatched: a single process stops after the step it is on; several
+                   processes stop after the step at which JAX's preemption sync point falls (below);
+  at_sync(step)    at a host sync point (the end of a chunk of training steps, an evaluation or sampling round):
+                   True on every process at the same call, so all of them save the same step and exit together.
+                   Every process must call it at the same points, in the same order.
 
 Agreement over several processes takes two routes. Once jax.distributed runs, JAX's own SIGTERM notifier replaces
-any Python SIGTERM handler, and `multihost_utils.reached_preemption_sync_point(n)` turns a SIGTERM on any process into
-the same stopping call n on all (n = 1, 2, ... counts the calls: the sync point is the largest count any process had
-reached, plus one). A notice JAX does not listen for (the other signal, or a SIGTERM that came before
-jax.distributed started) is a local flag that the processes share by a one-integer all-gather at each call.
+any Python SIGTERM handler, and `multihost_utils.reached_preemption_sync_point(n)` turns a SIGTERM to any process into
+the same stopping call on all: the one whose n is the largest n any process had passed when the notice spread, plus
+one. So n must grow by one per call and mean the same on every process. Training passes its step numbers, as orbax's
+CheckpointManager.save also does (to that same function); other loops pass the count of their at_sync calls. A notice
+JAX does not listen for (the other signal, or a SIGTERM that came before jax.distributed started) is a local flag
+that the processes share by a one-integer all-gather at each at_sync.
 
 The run then saves what it has, makes sure the save is finalized, and raises `Preempted`; run.py prints its one line
 and exits with EXIT_CODE (75, sysexits' EX_TEMPFAIL: "saved, resumable"). Running the same command again resumes.
@@ -84,16 +87,17 @@ class Preemption:
   def requested(self):
     return self.received is not None
 
-  def at_step(self):
-    """True when a single-process run got a notice: it stops after the step it is on. Always False with several
-    processes, which may stop only where they agree (at_sync)."""
-    if not self.installed or self.received is None:
+  def at_step(self, step):
+    """Whether to stop after training step `step` (just dispatched; the steps counted one by one)."""
+    if not self.installed:
       return False
     import jax  # pylint: disable=import-outside-toplevel
-    return jax.process_count() == 1
+    if jax.process_count() == 1:
+      return self.received is not None
+    return self._sync_point(step)
 
-  def at_sync(self):
-    """Whether to stop here; the same answer on every process (see the module docstring)."""
+  def at_sync(self, step=None):
+    """Whether to stop here, the same answer on every process. Training passes its step; other loops nothing."""
     if not self.installed:
       return False
     import jax  # pylint: disable=import-outside-toplevel
@@ -101,14 +105,19 @@ class Preemption:
       return self.received is not None
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
-    self._calls += 1
+    if step is None:
+      self._calls += 1
+      step = self._calls
+    by_jax = self._sync_point(step)
+    by_flag = bool(np.any(multihost_utils.process_allgather(np.int32(self.received is not None))))
+    if (by_jax or by_flag) and self.received is None:
+      self.received = 'SIGTERM' if by_jax else 'a notice to another process'
+    return by_jax or by_flag
+
+  @staticmethod
+  def _sync_point(n):
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     try:
-      by_jax = multihost_utils.reached_preemption_sync_point(self._calls)
+      return bool(multihost_utils.reached_preemption_sync_point(n))
     except RuntimeError:  # jax_enable_preemption_service is off: SIGTERM then reaches our own handler
-      by_jax = False
-    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
-    if by_jax and self.received is None:
-      self.received = 'SIGTERM'
-    elif np.any(flags) and self.received is None:
-      self.received = 'a notice to another process'
-    return bool(by_jax or np.any(flags))
+      return False

@@ -1,9 +1,10 @@
 """The training loop: data-parallel over all devices, resumable at any step, bit for bit.
 
 On a pre-emption notice (runner/preemption.py) a single process finishes the step it is on, several processes the
-chunk they are on (where they agree); then the step is saved to checkpoints-meta/, the save is checked to be the
-newest step on disk, and Preempted is raised. A restart resumes there and ends bit-identical to an uninterrupted run:
-the batches depend only on (seed, step) and the random state is in the checkpoint.
+step JAX's preemption sync point names (SIGTERM) or the chunk they are on (another signal); then the step is saved
+to checkpoints-meta/, the save is checked to be the newest step on disk, and Preempted is raised. A restart resumes
+there and ends bit-identical to an uninterrupted run: the batches depend only on (seed, step) and the random state
+is in the checkpoint.
 """
 import os
 import time
@@ -94,14 +95,14 @@ def train(config, workdir, dataset=None, config_path='', preemption=None):
         batch = jax.tree.map(parallel.global_batch, losses.loss_batch(model, next(train_iter), scaler))
         state, metrics = train_step(state, batch)
         chunk.append(metrics)
-        if preemption.at_step():  # a lone process stops after the step it is on
+        if preemption.at_step(step + len(chunk)):
           break
       loss = np.asarray([parallel.to_host(m['loss']) for m in chunk])
       if not np.all(np.isfinite(loss)):
         bad = step + int(np.argmin(np.isfinite(loss))) + 1
         raise TrainingDiverged(f'Loss is {loss[~np.isfinite(loss)][0]} at step {bad}; stopped. '
                                f'The last good checkpoint (step <= {step}) is kept in {workdir}.')
-      step += len(chunk)  # `stop`, unless pre-empted: then no event falls on this step (events end a chunk)
+      step += len(chunk)  # `stop`, unless pre-empted: then no event falls on this step (events end chunks)
       if step % tc.log_freq == 0:
         now = time.perf_counter()
         rate = (step - tick_step) / (now - tick)
@@ -122,7 +123,7 @@ def train(config, workdir, dataset=None, config_path='', preemption=None):
       if permanent and sample is not None:
         samples = sample(state.params_ema, jax.random.fold_in(jax.random.PRNGKey(config.seed), step))
         outputs.save_samples(os.path.join(workdir, 'samples'), f'iter_{step}', parallel.to_host(samples))
-      if step < tc.n_iters and preemption.at_sync():
+      if step < tc.n_iters and preemption.at_sync(step):
         folder = run_checkpoints.save_to_resume(state)
         raise Preempted(f'pre-empted ({preemption.received}) at step {step}: saved {folder}; the same command '
                         'resumes from there.')

@@ -1,4 +1,5 @@
 """Class-conditional networks (model.num_classes), the score seam that carries their labels, and label dropout."""
+import functools
 import types
 
 import jax
@@ -34,17 +35,19 @@ def example_shape(config):
   return (2,) if config.model.name == 'mlp' else (config.data.image_size,) * 2 + (config.data.num_channels,)
 
 
-def init(config, batch=3, shapes_only=False):
+def shapes(config, batch=3):
+  """The network and its variables' shapes (traced only: no compile)."""
   model = models.get_model(config)
   x = jnp.zeros((batch,) + example_shape(config))
-  build = lambda: model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, x, jnp.ones(batch),
-                             train=False)
-  return model, jax.eval_shape(build) if shapes_only else build()
+  return model, jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
+                                                  x, jnp.ones(batch), train=False))
 
 
-def perturbed(variables):
-  """Random parameters everywhere: at init the last layer of some networks is zero, so nothing reaches the output."""
-  return jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(2), v.shape), variables)
+def random_variables(shaped, scale=0.2):
+  """N(0, scale²) everywhere: compiling a network's init costs more than the test, and at init the last layer of
+  some networks is zero, so that nothing would reach the output."""
+  rng = np.random.default_rng(2)  # numpy: one jax draw per leaf would compile once per leaf shape
+  return jax.tree.map(lambda leaf: jnp.asarray(scale * rng.normal(size=leaf.shape), jnp.float32), shaped)
 
 
 def paths(variables):
@@ -56,35 +59,36 @@ def test_a_class_conditional_network_adds_one_embedding_table_and_reads_each_lab
   """The unconditional tree plus 'class_embed' (K + 1 rows, the last the null label) and nothing renamed; an
   example's label changes its own output only, and no labels is the null label."""
   config = tiny_config(family, NUM_CLASSES)
-  _, unconditional = init(tiny_config(family, 0), shapes_only=True)
-  model, variables = init(config)
+  _, unconditional = shapes(tiny_config(family, 0))
+  model, variables = shapes(config)
   extra = {p: s for p, s in paths(variables).items() if p not in paths(unconditional)}
   assert list(extra) == ["['params']['class_embed']['embedding']"] and extra[list(extra)[0]][0] == NUM_CLASSES + 1
   assert all(paths(variables)[p] == s for p, s in paths(unconditional).items())
-  variables = perturbed(variables)
+  variables = random_variables(variables)
   x = jax.random.normal(jax.random.PRNGKey(3), (3,) + example_shape(config))
   time = 0.5 if config.model.embedding_type == 'fourier' else 500.
   # three copies of the same three inputs in one batch: labels (0, 1, 2), (3, 1, 2) and the null label
-  labelled = np.asarray(model.apply(variables, jnp.tile(x, (3,) + (1,) * (x.ndim - 1)), jnp.full((9,), time),
-                                    class_labels=jnp.asarray([0, 1, 2, 3, 1, 2] + [NUM_CLASSES] * 3)))
+  apply = jax.jit(functools.partial(model.apply, variables))
+  labelled = np.asarray(apply(jnp.tile(x, (3,) + (1,) * (x.ndim - 1)), jnp.full((9,), time),
+                              class_labels=jnp.asarray([0, 1, 2, 3, 1, 2] + [NUM_CLASSES] * 3)))
   first, second, null = labelled.reshape((3, 3, -1))
   changed = np.abs(first - second).max(1)
-  assert changed[0] > 1e-4 and changed[1:].max() < 1e-6 * np.abs(first).max()
-  unlabelled = np.asarray(model.apply(variables, x, jnp.full((3,), time))).reshape(3, -1)
-  np.testing.assert_allclose(unlabelled, null, rtol=1e-5, atol=1e-6 * np.abs(null).max())
+  assert changed[0] > 1e-3 * np.abs(first).max() and changed[1:].max() < 1e-6 * np.abs(first).max()
+  unlabelled = np.asarray(apply(x, jnp.full((3,), time))).reshape(3, -1)
+  np.testing.assert_allclose(unlabelled, null, rtol=1e-4, atol=1e-5 * np.abs(null).max())
 
 
 def test_the_score_seam_carries_labels_and_none_is_the_null_label():
   config = tiny_config('mlp', NUM_CLASSES)
-  model, variables = init(config)
-  variables = perturbed(variables)
+  model, variables = shapes(config)
+  variables = random_variables(variables)
   sde = sde_lib.get_sde(config)
   x, t = jax.random.normal(jax.random.PRNGKey(4), (3, 2)), jnp.full((3,), 0.4)
   for parametrization in ('score', 'edm'):
     score_fn = models.get_score_fn(sde, model, variables, continuous=True, parametrization=parametrization)
     np.testing.assert_array_equal(score_fn(x, t), score_fn(x, t, jnp.full((3,), NUM_CLASSES)))
     assert np.abs(score_fn(x, t, jnp.asarray([0, 1, 2])) - score_fn(x, t)).max() > 1e-4
-  unconditional_model, unconditional = init(tiny_config('mlp', 0), shapes_only=True)
+  unconditional_model, unconditional = shapes(tiny_config('mlp', 0))
   score_fn = models.get_score_fn(sde, unconditional_model, unconditional, continuous=True)
   with pytest.raises(ValueError, match='unconditional'):
     score_fn(x, t, jnp.asarray([0, 1, 2]))
@@ -111,8 +115,8 @@ def test_conditioning_leaves_the_losses_own_random_draws_alone():
   """With label dropout 1 (every label the null one) the loss equals that of a batch of null labels with the same key:
   the dropout draw, from a key folded off the loss's, moves none of the loss's own draws of t and z."""
   config = tiny_config('mlp', NUM_CLASSES)
-  model, variables = init(config)
-  variables = perturbed(variables)
+  model, variables = shapes(config)
+  variables = random_variables(variables)
   sde = sde_lib.get_sde(config)
   batch = {'image': jax.random.normal(jax.random.PRNGKey(6), (64, 2)), 'label': jnp.arange(64) % NUM_CLASSES}
   rng = jax.random.PRNGKey(7)

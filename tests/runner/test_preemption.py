@@ -67,13 +67,13 @@ def test_signal_names_and_a_bad_one():
 
 def test_a_notice_is_recorded_once_and_an_uninstalled_one_never_stops():
   notices = preemption.Preemption((signal.SIGUSR1,))
-  assert not notices.at_sync() and not notices.at_step()
+  assert not notices.at_sync() and not notices.at_step(1)
   notices.install()
   try:
     os.kill(os.getpid(), signal.SIGUSR1)
     time.sleep(0.01)  # the handler runs between bytecodes of this thread
     os.kill(os.getpid(), signal.SIGUSR1)
-    assert notices.received == 'SIGUSR1' and notices.at_step() and notices.at_sync()
+    assert notices.received == 'SIGUSR1' and notices.at_step(1) and notices.at_sync()
   finally:
     notices.uninstall()
   assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL

@@ -61,5 +61,7 @@ def test_a_trial_stopped_by_its_time_limit_saves_is_requeued_and_resumes(tmp_pat
   starts = [line for line in (trial / 'logs' / 'train.out').read_text().splitlines() if line.startswith('Training')]
   assert 'starting from scratch' in starts[0] and f'resuming from step {steps[0]}' in starts[1]
   assert (trial / 'checkpoints-meta' / str(steps[1])).is_dir()
-  logged = [json.loads(line)['step'] for line in (trial / 'metrics.jsonl').read_text().splitlines() if 'loss' in line]
+  metrics = trial / 'metrics.jsonl'  # absent when neither attempt got to step 10 (a slow machine)
+  entries = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+  logged = [m['step'] for m in entries if 'loss' in m]  # each training loss once: the resume cut what came after
   assert logged == sorted(set(logged))
