@@ -1,6 +1,6 @@
 """Speed of DDPM++ on CPU beside the official PyTorch code: a forward pass and a training step.
 
-Setup of the official anchor (../shared/reference/timing_official_pytorch_cpu.json):
+Setup of the official anchor (the reference fixture timing_official_pytorch_cpu.json):
 configs/vp/cifar10_ddpmpp_continuous.py with model.nf = 64, batch 16, 32x32x3; the
 training step is the continuous VP loss (reduce_mean, dropout 0.1 active), its gradient,
 warmup + global-norm clipping + Adam, and the EMA update, all in one jitted call.

@@ -8,7 +8,7 @@ optimize_fn (warmup, grad clip, Adam), EMA update; forward = score_model(x, t * 
 torch.no_grad() in eval mode. Needs torch (CPU wheel) in a separate venv and a copy of the official
 repo; its op/ CUDA extension must be importable on CPU (DDPM++ has fir=False and never calls it).
 
-  /work/torchvenv/bin/python benchmarks/official_pytorch_step.py --repo /path/to/score_sde_pytorch \
+  <torch venv>/bin/python benchmarks/official_pytorch_step.py --repo /path/to/score_sde_pytorch \
       --nf 64 --batch 16 --iters 10 --warmup 3 --threads 2 [--flush-denormal]
 
 Prints one JSON line to stdout. With --serve it warms up, prints {"ready": ...} and then answers

@@ -1,4 +1,4 @@
-"""Controllable generation measured on a trained quickstart run (issue 11; Section 5 of Song et al. 2021).
+"""Controllable generation measured on a trained quickstart run (Section 5 of Song et al. 2021).
 
 * Class-conditional digits: the unconditional score plus guidance_scale * grad log p_t(y | x) of the shipped
   noise-conditional digits classifier; the (clean) digits classifier judges every sample: accuracy per class.
@@ -9,7 +9,7 @@
 Writes docs/controllable_class.png (a row per class), docs/controllable_inpaint_<mask>.png (original, mask,
 input, completions) and docs/controllable_quickstart.{json,md}.
 
-  python experiments/controllable_quickstart.py [--workdir /work/runs/quickstart] [--out docs]
+  python experiments/controllable_quickstart.py [--workdir runs/quickstart] [--out docs]
 
 About 5 CPU-minutes with the defaults (1000 steps, reverse diffusion + Langevin; --corrector none halves it).
 """
@@ -79,7 +79,7 @@ def markdown(results, args, run_line):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', default='/work/runs/quickstart')
+  parser.add_argument('--workdir', default='runs/quickstart')
   parser.add_argument('--out', default='docs')
   parser.add_argument('--guidance_scale', type=float, default=3.)
   parser.add_argument('--per_class', type=int, default=20)

@@ -105,7 +105,7 @@ def get_likelihood_fn(sde, inverse_scaler=None, hutchinson_type='rademacher',
 def get_bound_fn(sde, inverse_scaler=None, num_levels=256, num_t=256, importance_sampling=True, eps=1e-5,
                  sharding=None):
   """Returns bound_fn(rng, score_fn, x) -> (bpd, nfe): the score_flow upper bound on -log p(x) of the reverse-SDE
-  model (Song, Durkan, Murray and Ermon 2021), one value per example (shared/notes/likelihood_bound.md).
+  model (Song, Durkan, Murray and Ermon 2021),, one value per example.
 
   With x_t = α x + σ z (z ~ N(0, I)), g²/σ² = -2 dλ/dt (λ = log(α/σ)) and ∇·f = D d log α/dt,
 

@@ -65,7 +65,7 @@ class SDE(abc.ABC):
     """The reverse-time SDE (Eq. 6), or the probability-flow ODE (Eq. 13)."""
     return ReverseSDE(self, score_fn, probability_flow)
 
-  # The Gaussian kernel x_t = α(t) x_0 + σ(t) z, for the few-step samplers (shared/notes/gaussian_kernels.md).
+  # The Gaussian kernel x_t = α(t) x_0 + σ(t) z, for the few-step samplers.
   def marginal_coeffs(self, t):
     """(α(t), σ(t)), each (batch,)."""
     raise NotImplementedError(f'{type(self).__name__} does not tell its Gaussian kernel (marginal_coeffs).')
@@ -78,7 +78,7 @@ class SDE(abc.ABC):
     """The inverse of log_snr."""
     raise NotImplementedError(f'{type(self).__name__} does not tell the inverse of its log-SNR (t_from_log_snr).')
 
-  # Importance-sampled time (shared/notes/likelihood_bound.md): p(t) = g(t)² / (σ(t)² Z) on [eps, T]. With it,
+  # Importance-sampled time (score_flow, Song et al. 2021): p(t) = g(t)² / (σ(t)² Z) on [eps, T]. With it,
   # E_{t~U[eps,T]}[g² ‖s + z/σ‖²] = Z/(T - eps) · E_{t~p}[‖σ s + z‖²]: the likelihood-weighted loss is the plain
   # noise-prediction loss with t drawn from p(t), times a constant.
   def importance_sampling_norm(self, eps):
@@ -148,6 +148,18 @@ class _UnitPrior:
   def prior_logp(self, z):
     D = np.prod(z.shape[1:])
     return -D / 2. * np.log(2 * np.pi) - _sum_except_batch(z ** 2) / 2.
+
+
+class _WidePrior:
+  """N(0, σ_max² I) prior, shared by the VE and EDM SDEs."""
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.sigma_max
+
+  def prior_logp(self, z):
+    D = np.prod(z.shape[1:])
+    return (-D / 2. * np.log(2 * np.pi * self.sigma_max ** 2)
+            - _sum_except_batch(z ** 2) / (2 * self.sigma_max ** 2))
 
 
 class _LinearBeta(_UnitPrior, SDE):
@@ -326,7 +338,7 @@ class subVPSDE(_LinearBeta):
 
 
 @SDES.register('vesde')
-class VESDE(SDE):
+class VESDE(_WidePrior, SDE):
   """Variance exploding: dx = sqrt(d σ²(t)/dt) dw with σ(t) = σ_min (σ_max/σ_min)^t."""
 
   def __init__(self, sigma_min=0.01, sigma_max=50., N=1000):
@@ -354,14 +366,6 @@ class VESDE(SDE):
 
   def marginal_prob(self, x, t):
     return x, self.sigma(t)
-
-  def prior_sampling(self, rng, shape):
-    return jax.random.normal(rng, shape) * self.sigma_max
-
-  def prior_logp(self, z):
-    D = np.prod(z.shape[1:])
-    return (-D / 2. * np.log(2 * np.pi * self.sigma_max ** 2)
-            - _sum_except_batch(z ** 2) / (2 * self.sigma_max ** 2))
 
   default_sampling_eps = 1e-5
 
@@ -419,7 +423,7 @@ def importance_sampling_norm(sde, eps, fix):
 
 
 @SDES.register('edm')
-class EDMSDE(SDE):
+class EDMSDE(_WidePrior, SDE):
   """EDM's SDE (Karras et al. 2022): VE with σ(t) = t, dx = sqrt(2t) dw, on t in [σ_min, σ_max].
 
   T = σ_max and sampling ends at σ_min by default (EDM's 80 and 0.002). The kernel is α = 1, σ = t, so
@@ -453,14 +457,6 @@ class EDMSDE(SDE):
 
   def marginal_prob(self, x, t):
     return x, t
-
-  def prior_sampling(self, rng, shape):
-    return jax.random.normal(rng, shape) * self.sigma_max
-
-  def prior_logp(self, z):
-    D = np.prod(z.shape[1:])
-    return (-D / 2. * np.log(2 * np.pi * self.sigma_max ** 2)
-            - _sum_except_batch(z ** 2) / (2 * self.sigma_max ** 2))
 
   def discretize(self, x, t):
     """The exact VE kernel over one step Δt = T/N back from t: f = 0, G = sqrt(t² - max(t - Δt, 0)²)."""

@@ -76,7 +76,7 @@ def test_same_network_same_count_across_sdes():
   assert len(set(counts.values())) == 1, counts
 
 
-# --- issue 9: every shipped config validates; the table checks every field's domain ----------------------------
+# --- every shipped config validates; the table checks every field's domain ----------------------------
 
 import ml_collections  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 References are analytic: the guided score of Gaussian classes, a labelled Gaussian mixture's component and marginal
 scores (toy.GaussianMixture.conditional_score, whose two parts are checked against their own formulas here), and
-the exact output moments of the samplers for a guided score that is linear in x (shared/notes/guidance.md).
+the exact output moments of the samplers for a guided score that is linear in x.
 """
 import jax
 import jax.numpy as jnp
@@ -204,7 +204,7 @@ def exact_moments(kind, sigma_end):
 
 
 def test_the_moment_equations_give_the_notes_figures():
-  """shared/notes/guidance.md: σ from 80 to 0, ODE mean 1.3739 std 0.2500, reverse SDE 1.2500 and 0.3307."""
+  """The exact moments: σ from 80 to 0, ODE mean 1.3739 std 0.2500, reverse SDE 1.2500 and 0.3307."""
   np.testing.assert_allclose(exact_moments('ode', 0.), (1.3739, 0.2500), atol=1e-4)
   np.testing.assert_allclose(exact_moments('sde', 0.), (1.2500, 0.3307), atol=1e-4)
 

@@ -1,4 +1,4 @@
-"""The module layout of ../shared/DESIGN.md: no import cycles, and the math imports no runner, model or dataset."""
+"""The module layout of the design: no import cycles, and the math imports no runner, model or dataset."""
 import ast
 import pathlib
 

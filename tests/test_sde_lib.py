@@ -80,7 +80,7 @@ def test_get_sde_rejects_unknown_names():
     sde_lib.get_sde(config)
 
 
-# ---------------------------------------------------------------- the Gaussian kernel (shared/notes/gaussian_kernels.md)
+# ---------------------------------------------------------------- the Gaussian kernel x_t = α x_0 + σ z
 
 def kernel_float64(name, t):
   """α, σ in float64 from the notes' table."""

@@ -3,7 +3,7 @@
 Evaluates runs/quickstart_edm (configs/quickstart_edm.py, trained first) without retraining, at the settings of
 EDM's comparison: EDM's Heun sampler at 6, 10 and 18 noise levels (NFE 11, 19, 35) and DPM-Solver++ 2M at 10 and
 20 steps (NFE 11, 21), 1,000 samples each. Its twin, quickstart_vp_nfe.py, evaluates the VP quickstart
-(runs/quickstart) at the same settings; experiments/plot_edm_quickstart.py plots both (docs/edm.md).
+(runs/quickstart) at the same settings; experiments/edm_quickstart_report.py tabulates and plots both (docs/edm.md).
 
   python experiments/sweep.py --sweep experiments/sweeps/quickstart_edm_nfe.py
 

@@ -1,7 +1,7 @@
 """EDM's preconditionings (Karras et al. 2022, Table 1) as a wrapper at the score-function seam.
 
-EDM's variables. Every SDE here has the Gaussian kernel x_t = α(t) x_0 + σ(t) z
-(shared/notes/gaussian_kernels.md). With x̃ = x/α and σ̃ = σ/α = e^{-λ} it reads x̃ = x_0 + σ̃ z: EDM's
+EDM's variables. Every SDE here has the Gaussian kernel x_t = α(t) x_0 + σ(t) z.
+With x̃ = x/α and σ̃ = σ/α = e^{-λ} it reads x̃ = x_0 + σ̃ z: EDM's
 VE form, whatever the SDE. So one wrapper serves VE, VP, sub-VP and the EDM SDE alike.
 
 The wrapper. A network F becomes the denoiser

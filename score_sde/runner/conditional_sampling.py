@@ -1,7 +1,9 @@
 """`run.py --mode sample` with `sampling.condition` set: inpainting, colorization or class-conditional samples.
 
   check(config)               ValueError (one line) for settings that cannot work, before anything runs.
-  run(config, workdir, state) -> metrics (dict); writes <workdir>/samples/<condition>_step_<step>.{png,npz,json}.
+  run(config, workdir, state, after_round=None) -> metrics (dict); writes
+      <workdir>/samples/<condition>_step_<step>.{png,npz,json}. after_round(r, num_rounds) is called after each
+      sampling round r = 1, 2, ...; it may raise to stop the run there (pre-emption), before anything is written.
 
 Inpainting and colorization complete `sampling.num_inputs` held-out images `sampling.num_completions` times each
 (PC sampler with sampling.predictor/corrector/snr/n_steps_each). Each grid row shows the original, the mask
@@ -23,7 +25,9 @@ from score_sde import (atomic_files, config_table, controllable, datasets, model
 from score_sde.registry import Registry
 from score_sde.runner import images, outputs
 
-CONDITIONS = Registry('sampling.condition')  # name -> task(config, sde, score_fn, rng) -> (rows, arrays, metrics)
+# name -> task(config, sde, score_fn, rng, after_round) -> (rows, arrays, metrics); a one-round task never calls
+# after_round (nothing is left to stop once its only round is done).
+CONDITIONS = Registry('sampling.condition')
 CONDITIONS.register('none', None)  # plain samples: modes.run_sample
 
 
@@ -202,7 +206,7 @@ def _repeat(x, k):
 
 
 @CONDITIONS.register('inpaint')
-def inpaint(config, sde, score_fn, rng):
+def inpaint(config, sde, score_fn, rng, after_round):  # pylint: disable=unused-argument
   s = config.sampling
   originals = held_out_images(config, s.num_inputs)
   n, k = len(originals), s.num_completions
@@ -225,7 +229,7 @@ def inpaint(config, sde, score_fn, rng):
 
 
 @CONDITIONS.register('colorize')
-def colorize(config, sde, score_fn, rng):
+def colorize(config, sde, score_fn, rng, after_round):  # pylint: disable=unused-argument
   s = config.sampling
   originals = held_out_images(config, s.num_inputs)
   n, k = len(originals), s.num_completions
@@ -244,7 +248,7 @@ def colorize(config, sde, score_fn, rng):
 
 
 @CONDITIONS.register('class')
-def class_conditional(config, sde, score_fn, rng):
+def class_conditional(config, sde, score_fn, rng, after_round):  # pylint: disable=unused-argument
   s = config.sampling
   log_prob_fn, num_classes, shape = get_classifier(config, sde)
   labels = parse_labels(s.labels, num_classes)
@@ -325,7 +329,7 @@ def class_judge(config):
 
 
 @CONDITIONS.register('cfg')
-def classifier_free(config, sde, score_fn, rng):
+def classifier_free(config, sde, score_fn, rng, after_round):
   """eval.num_samples samples of a class-conditional model, split evenly over sampling.labels, with classifier-free
   guidance; one grid row (or scatter colour) per label."""
   batch = min(config.eval.batch_size, config.eval.num_samples)
@@ -339,6 +343,7 @@ def classifier_free(config, sde, score_fn, rng):
     x, nfe = sampler(jax.random.fold_in(rng, r), guidance.score(r))
     rounds.append(parallel.to_host(x))
     progress.update()
+    after_round(r + 1, guidance.num_rounds)
   progress.close()
   samples, labels = np.concatenate(rounds)[:len(guidance.labels)], guidance.labels
   judged = np.clip(samples, 0., 1.) if spec.is_image else samples
@@ -362,14 +367,14 @@ def save_grid(rows, path):
   images.save_grid(images.rows_grid(rows, background=0.6), path, size=384)
 
 
-def run(config, workdir, state):
+def run(config, workdir, state, after_round=None):
   """Runs `sampling.condition` with the EMA parameters of `state`; returns the metrics (also written as json)."""
   check(config)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
   score_fn = models.get_score_fn(sde, model, {'params': state.params_ema}, continuous=config.training.continuous)
   condition = config.sampling.condition
   rng = jax.random.PRNGKey(config.seed + 2)
-  rows, arrays, metrics = CONDITIONS.get(condition)(config, sde, score_fn, rng)
+  rows, arrays, metrics = CONDITIONS.get(condition)(config, sde, score_fn, rng, after_round or (lambda r, n: None))
   metrics['step'] = int(state.step)
   if parallel.is_main_process():
     folder = os.path.join(workdir, 'samples')

@@ -47,7 +47,8 @@ def run_sample(config, workdir, preemption=None, **_):
   pre-emption between rounds stops it with nothing written (Preempted)."""
   state = _restore(config, workdir)
   if conditional_sampling.CONDITIONS.get(config.sampling.condition) is not None:
-    return conditional_sampling.run(config, workdir, state)
+    return conditional_sampling.run(config, workdir, state, after_round=lambda r, n: _stop_if_preempted(
+        preemption, r < n, f'{config.sampling.condition} round {r} of {n}'))
   sde, model = sde_lib.get_sde(config), models.get_model(config)
   batch = min(config.eval.batch_size, config.eval.num_samples)
   sampler = sampling.get_sampling_fn(config, sde, (batch,) + datasets.spec(config).shape,

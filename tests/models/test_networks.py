@@ -1,6 +1,6 @@
 """Score networks: parity with the official PyTorch models, every official knob combination, converters.
 
-The parity cases read the official fixtures from ../shared/reference (skipped when absent).
+The parity cases read the official fixtures (helpers.REFERENCE_DIR; skipped when absent).
 Everything else runs at tiny sizes (8x8 images, nf 16, ch_mult (1, 2), batch 2).
 """
 import io

@@ -2,12 +2,14 @@
 guidance (--mode sample, sampling.condition=cfg), evaluated (--mode eval) and scored (--mode likelihood); and the
 bad inputs of guidance, each one line before anything runs."""
 import json
+import shutil
+import signal
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import MIXTURE, REPO, TOY, component_log_probs, finish, run_cli
+from helpers import MIXTURE, REPO, TOY, Watched, component_log_probs, finish, run_cli
 from score_sde import config_table, sde_lib
 from score_sde.runner import validate
 
@@ -48,6 +50,20 @@ def test_cfg_at_gamma_1_puts_each_class_on_its_component(conditional_run):
   metrics = json.loads(stem.with_suffix('.json').read_text())
   assert metrics['class_accuracy_per_class'] == pytest.approx({str(k): v for k, v in hits.items()})
   assert metrics['guidance_scale'] == 1. and (stem.with_suffix('.png')).stat().st_size > 0
+
+
+def test_a_notice_between_guided_rounds_exits_75_and_writes_nothing(conditional_run, tmp_path):
+  """Pre-emption reaches classifier-free sampling as it reaches plain sampling: it stops between rounds."""
+  workdir = tmp_path / 'copy'
+  shutil.copytree(conditional_run, workdir, ignore=shutil.ignore_patterns('samples'))
+  run = Watched(workdir, '--mode=sample', *CONDITIONAL, '--config.sampling.condition=cfg',
+                '--config.eval.num_samples=6000')  # 20 rounds of 300
+  run.wait_for('cfg: 1/20')
+  run.process.send_signal(signal.SIGTERM)
+  assert run.finish() == 75, run.lines[-10:]
+  assert run.messages()[-1].startswith('pre-empted (SIGTERM) after cfg round ') and 'nothing was written' in \
+      run.messages()[-1], run.lines[-5:]
+  assert not list(workdir.glob('samples/cfg_*'))
 
 
 def test_eval_samples_every_class_and_gamma_0_is_the_mixture(conditional_run):

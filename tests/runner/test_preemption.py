@@ -7,49 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from helpers import ENV, REPO, SMALL, final_params, run_cli
+from helpers import ENV, REPO, SMALL, Watched, final_params, run_cli
 from score_sde.runner import log_file, preemption, write_errors
-
-
-class Watched:
-  """run.py in a subprocess whose stderr lines are read as they come (progress lines show where it is)."""
-
-  def __init__(self, workdir, *args, **kwargs):
-    self.process = run_cli(workdir, *args, **kwargs)
-    self.lines, self.out = [], []
-    self.readers = [threading.Thread(target=self._read, args=(self.process.stderr, self.lines), daemon=True),
-                    threading.Thread(target=self._read, args=(self.process.stdout, self.out), daemon=True)]
-    for reader in self.readers:
-      reader.start()
-
-  @staticmethod
-  def _read(stream, into):
-    for line in stream:
-      into.append(line.rstrip('\n'))
-
-  def wait_for(self, text, timeout=300):
-    deadline = time.time() + timeout
-    while not any(text in line for line in self.lines):
-      assert self.process.poll() is None, f'ended ({self.process.returncode}) before {text!r}: {self.lines[-5:]}'
-      assert time.time() < deadline, f'no {text!r} after {timeout} s'
-      time.sleep(0.05)
-
-  def finish(self, timeout=300):
-    code = self.process.wait(timeout=timeout)
-    for reader in self.readers:
-      reader.join(timeout=10)
-    return code
-
-  def messages(self):
-    """stderr without the progress lines."""
-    return [line for line in self.lines if line.strip() and not line.split(':')[0] in ('train', 'sample', 'likelihood')
-            and not line.startswith('eval ')]
 
 
 # --- the notice itself (no run) --------------------------------------------------------------------------------

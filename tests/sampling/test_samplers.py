@@ -1,7 +1,7 @@
 """The sampler registry and the few-step samplers (DDIM, DPM-Solver++, EDM Heun) on exact scores.
 
-References are analytic: the probability-flow map of Gaussian data, written here in float64 from
-shared/notes/gaussian_kernels.md, and the 2-D Gaussian mixture of toy.py.
+References are analytic: the probability-flow map of Gaussian data, written here in float64 from its
+closed form, and the 2-D Gaussian mixture of toy.py.
 """
 import jax
 import jax.numpy as jnp
