@@ -19,7 +19,11 @@ class RunFailed(RuntimeError):
 
 
 def _restore(config, workdir):
-  state = checkpoints.restore(workdir, run_state.abstract_train_state(config))
+  target = run_state.abstract_train_state(config)
+  if checkpoints.saved_steps(workdir) and checkpoints.newest_fitting_step(workdir, target) is None:
+    raise train.CheckpointMismatch(f'{workdir} has checkpoints, but none fits the state this config builds (a '
+                                   'changed model or optimizer?); pass the config it was trained with.')
+  state = checkpoints.restore(workdir, target)
   if state is None:
     raise RunFailed(f'no checkpoint in {workdir} restores; train again.')
   return state

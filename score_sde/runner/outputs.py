@@ -114,7 +114,8 @@ class Progress:
     elapsed = time.perf_counter() - self.start
     rate = (self.done - self.start_count) / max(elapsed, 1e-9)
     eta = (self.total - self.done) / rate if rate > 0 else float('inf')
-    print(f'{self.description}: {self.done}/{self.total} {self.unit}s, {rate:.3g} {self.unit}/s, '
+    plural = self.unit + ('es' if self.unit.endswith(('s', 'sh', 'ch', 'x')) else 's')
+    print(f'{self.description}: {self.done}/{self.total} {plural}, {rate:.3g} {self.unit}/s, '
           f'ETA {_duration(eta) if np.isfinite(eta) else "?"}' + (f', {note}' if note else ''),
           file=sys.stderr, flush=True)
 

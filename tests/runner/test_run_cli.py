@@ -146,6 +146,14 @@ def test_checkpoints_of_another_config_are_not_silently_replaced(short_run, tmp_
   assert contents(workdir) == before
 
 
+@pytest.mark.parametrize('mode', ['sample', 'likelihood'])
+def test_a_config_that_fits_no_checkpoint_is_one_line_for_the_other_modes(short_run, mode):
+  """A model the checkpoints do not hold (here a wider one) is named as such, exit 2, before anything runs."""
+  code, _, err = finish(run_cli(short_run, f'--mode={mode}', *SHORT, '--config.model.nf=48'))
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert code == 2 and len(lines) == 1 and 'none fits the state this config builds' in lines[0], err[-2000:]
+
+
 def contents(workdir):
   """Each file's bytes by path, but TensorBoard's, the lock's and the log file's."""
   return {str(p.relative_to(workdir)): p.read_bytes() for p in workdir.rglob('*')
