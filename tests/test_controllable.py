@@ -337,7 +337,8 @@ def test_colorize_task_keeps_the_gray_level(monkeypatch):
   def score_fn(x, t):  # data N(0, 0.1² I) in [-1, 1]: colours stay inside the picture, so no clipping
     a, s = sde.marginal_prob(jnp.ones_like(t), t)
     return -x / (0.01 * a ** 2 + s ** 2)[:, None, None, None]
-  rows, arrays, metrics = conditional_sampling.colorize(config, sde, score_fn, jax.random.PRNGKey(0))
+  rows, arrays, metrics = conditional_sampling.colorize(config, sde, score_fn, jax.random.PRNGKey(0),
+                                                           after_round=lambda r, n: None)
   gray = arrays['completions'].mean(-1)
   np.testing.assert_allclose(gray, np.broadcast_to(images.mean(-1)[:, None], gray.shape), atol=2e-3)
   assert arrays['completions'].std(-1).mean() > 0.01  # colour was sampled, not copied from the gray input
