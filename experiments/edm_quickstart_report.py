@@ -91,14 +91,9 @@ def plot(runs, out):
   ax.set_xscale('log')
   ax.set_xticks(ticks, [str(t) for t in ticks])
   ax.minorticks_off()
-  ax.set_xlabel('score evaluations per sample (NFE)')
-  ax.set_ylabel('digits-classifier Fréchet distance')
-  ax.set_title('quickstart, 1,500 steps each: EDM vs VP training')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
+  results.save_figure(fig, ax, out, xlabel='score evaluations per sample (NFE)',
+                      ylabel='digits-classifier Fréchet distance',
+                      title='quickstart, 1,500 steps each: EDM vs VP training', legend=True)
 
 
 def main(argv=None):

@@ -6,14 +6,18 @@ no error in its samples is drawn at half of one sample's share (the resolution o
   python experiments/plot_quickstart_cfg.py [--csv runs/sweeps/quickstart_cfg/results.csv] [--out docs/guidance_quickstart.png]
 """
 import argparse
-import csv
-import os
+import pathlib
 import sys
 
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+from experiments import results  # noqa: E402
 
 
 def main():
@@ -22,12 +26,7 @@ def main():
   parser.add_argument('--out', default='docs/guidance_quickstart.png')
   parser.add_argument('--num_samples', type=int, default=1000, help="the sweep's eval.num_samples")
   args = parser.parse_args()
-  if not os.path.isfile(args.csv):
-    print(f'error: {args.csv} does not exist; run the sweep first: '
-          'python experiments/sweep.py --sweep experiments/sweeps/quickstart_cfg.py', file=sys.stderr)
-    sys.exit(2)
-  with open(args.csv) as f:
-    rows = [r for r in csv.DictReader(f) if r['status'] == 'ok']
+  rows = results.ok_rows(args.csv, 'experiments/sweeps/quickstart_cfg.py')
   fig, ax = plt.subplots(figsize=(6, 4))
   for interval in dict.fromkeys(r['sampling.guidance_interval'] for r in rows):
     points = sorted((float(r['sampling.guidance_scale']), 100 * (1 - float(r['class_accuracy'])),
@@ -48,13 +47,9 @@ def main():
     axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   ax.set_yticks([2, 3, 5, 10, 20, 50])
-  ax.set_xlabel('class error of the samples, % (clean digits classifier; log)')
-  ax.set_ylabel('digits-classifier Fréchet distance (log)')
-  ax.set_title('quickstart_cond: 1,000 class-balanced samples per γ')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(args.out, dpi=100)
+  results.save_figure(fig, ax, args.out, xlabel='class error of the samples, % (clean digits classifier; log)',
+                      ylabel='digits-classifier Fréchet distance (log)',
+                      title='quickstart_cond: 1,000 class-balanced samples per γ', legend=True)
   print(f'wrote {args.out}')
 
 

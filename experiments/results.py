@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import sys
 
 RESULT_FILES = {'train': 'metrics.jsonl', 'likelihood': 'likelihood.json', 'eval': 'eval_results.json'}
 
@@ -147,10 +148,28 @@ def plot(path, rows, x, y, series=None, title='', logx=False):
     ax.legend()
   if not done:
     ax.text(0.5, 0.5, 'no results yet', ha='center', va='center', transform=ax.transAxes)
-  ax.set_xlabel(x)
-  ax.set_ylabel(y)
+  save_figure(fig, ax, path, xlabel=x, ylabel=y, title=title, dpi=120)
+
+
+def save_figure(fig, ax, path, xlabel, ylabel, title, legend=False, dpi=100):
+  """Labels, a light grid (and the legend), then writes `path` and closes the figure: every plot here ends so."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
+  if legend:
+    ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=dpi)
   plt.close(fig)
+
+
+def ok_rows(csv_path, sweep_file):
+  """The rows of a sweep's results.csv whose trials finished; one line and exit code 2 when there is no such file."""
+  if not os.path.isfile(csv_path):
+    print(f'error: {csv_path} does not exist; run the sweep first: python experiments/sweep.py --sweep {sweep_file}',
+          file=sys.stderr)
+    raise SystemExit(2)
+  with open(csv_path) as f:
+    return [row for row in csv.DictReader(f) if row['status'] == 'ok']
