@@ -189,13 +189,9 @@ def trial_results(sweep, name, out):
   return merged or None
 
 
-def _read_status(sweep, name, out):  # pylint: disable=unused-argument
-  return read_status(os.path.join(out, name))
-
-
 def is_complete(sweep, name, params, out, extra=()):
   """Whether the trial's last mode has written every metric, under the same overrides (when recorded)."""
-  status = _read_status(sweep, name, out)
+  status = read_status(os.path.join(out, name))
   if status is not None and status.get('flags') != override_flags(sweep, params, extra):
     return False
   last = sweep['modes'][-1]
@@ -217,7 +213,7 @@ def collect(sweep, trials, out):
   """One row per trial: its grid values, metrics (mean, stderr) and status ('ok', 'failed' or 'not run')."""
   rows = []
   for name, params in trials:
-    status = _read_status(sweep, name, out) or {}
+    status = read_status(os.path.join(out, name)) or {}
     result = trial_results(sweep, name, out)
     state = status.get('status') or ('ok' if result else 'not run')
     rows.append({**{k: status[k] for k in ('mode', 'returncode', 'error') if k in status},

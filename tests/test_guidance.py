@@ -70,7 +70,8 @@ def test_an_interval_needs_the_sde():
 
 
 def test_the_mixture_scores_are_the_component_and_marginal_formulas():
-  """toy's exact class-conditional score: −(x − α μ_y)/(α² s_y² + σ²) for a label, the mixture score for None."""
+  """toy's exact class-conditional score: −(x − α μ_y)/(α² s_y² + σ²) for a label; for None the mixture score,
+  Σ_k r_k(x) (−(x − α μ_k)/(α² s_k² + σ²)) with r_k the posterior of component k."""
   rng = np.random.default_rng(1)
   x, t, labels = rng.normal(size=(32, 2)) * 3., rng.uniform(0.01, 1., 32), rng.integers(0, 3, 32)
   score = MIXTURE.conditional_score(VP)
@@ -79,7 +80,14 @@ def test_the_mixture_scores_are_the_component_and_marginal_formulas():
   expected = -(x - alpha[:, None] * mu) / (alpha ** 2 * s ** 2 + sigma ** 2)[:, None]
   as_float = (lambda a: jnp.asarray(a, jnp.float32))
   np.testing.assert_allclose(score(as_float(x), as_float(t), jnp.asarray(labels)), expected, rtol=1e-4, atol=1e-5)
-  np.testing.assert_array_equal(score(as_float(x), as_float(t)), MIXTURE.marginal_score(VP)(as_float(x), as_float(t)))
+  # None: the components' scores weighted by their posterior responsibilities, here in float64
+  var = alpha[:, None] ** 2 * np.asarray(MIXTURE.stds) ** 2 + sigma[:, None] ** 2  # (batch, K)
+  centred = x[:, None, :] - alpha[:, None, None] * np.asarray(MIXTURE.means)  # (batch, K, 2)
+  log_r = np.log(MIXTURE.weights) - 0.5 * np.sum(centred ** 2, -1) / var - np.log(2 * np.pi * var)
+  r = np.exp(log_r - log_r.max(1, keepdims=True))
+  r /= r.sum(1, keepdims=True)
+  marginal = np.sum(r[..., None] * -centred / var[..., None], axis=1)
+  np.testing.assert_allclose(score(as_float(x), as_float(t)), marginal, rtol=1e-4, atol=1e-5)
 
 
 def test_classifier_guidance_and_cfg_compose():

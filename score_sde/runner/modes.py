@@ -18,11 +18,18 @@ class RunFailed(RuntimeError):
   """A run that started but could not finish."""
 
 
+def _newest_fitting_step(workdir, target):
+  """The step a run would restore (None: nothing saved); CheckpointMismatch when steps are saved but none fits."""
+  step = checkpoints.newest_fitting_step(workdir, target)
+  if step is None and checkpoints.saved_steps(workdir):
+    raise train.CheckpointMismatch(f'{workdir} has checkpoints, but none fits the state this config builds (a '
+                                   'changed model or optimizer?); use a new --workdir or the original config.')
+  return step
+
+
 def _restore(config, workdir):
   target = run_state.abstract_train_state(config)
-  if checkpoints.saved_steps(workdir) and checkpoints.newest_fitting_step(workdir, target) is None:
-    raise train.CheckpointMismatch(f'{workdir} has checkpoints, but none fits the state this config builds (a '
-                                   'changed model or optimizer?); pass the config it was trained with.')
+  _newest_fitting_step(workdir, target)
   state = checkpoints.restore(workdir, target)
   if state is None:
     raise RunFailed(f'no checkpoint in {workdir} restores; train again.')
@@ -145,10 +152,7 @@ def check(config, workdir, mode, eval_folder='eval', config_path=''):
     if needs_data:
       datasets.get_dataset(config)  # missing data are reported here
     target = run_state.abstract_train_state(config)
-    step = checkpoints.newest_fitting_step(workdir, target)
-    if step is None and checkpoints.saved_steps(workdir):
-      raise train.CheckpointMismatch(f'{workdir} has checkpoints, but none fits the state this config builds (a '
-                                     'changed model or optimizer?); use a new --workdir or the original config.')
+    step = _newest_fitting_step(workdir, target)
     data = f"{config.data.dataset} {'x'.join(map(str, spec.shape))}"
     what = {
         'train': lambda: (f"train {config.model.name} ({run_state.num_params(target):,} parameters) on {data} with "
