@@ -72,7 +72,7 @@ class _Timer:
 
   def __call__(self, *args):
     leaves, structure = jax.tree.flatten(args)
-    signature = (structure, tuple((np.shape(leaf), np.result_type(leaf)) for leaf in leaves))
+    signature = (structure, tuple((np.shape(leaf), getattr(leaf, 'dtype', type(leaf))) for leaf in leaves))
     if signature not in self.compiled:
       self.compiled[signature] = self.fn.lower(*args).compile()
     start = time.perf_counter()
